@@ -1,0 +1,1 @@
+"""Subcommands of the ``hamjax`` CLI, one module each (see :mod:`hamjax.cli`)."""
