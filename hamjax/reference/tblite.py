@@ -1,0 +1,395 @@
+"""GFN-xTB reference Hamiltonians with tblite (PyPI ``tblite``).
+
+tblite returns the *core* Hamiltonian H0 under ``"hamiltonian-matrix"``; the converged
+self-consistent Hamiltonian F (the matrix whose generalised eigenvalues are the orbital
+energies) is rebuilt here from the converged orbitals, ``F = S C diag(e) C^T S``, which is
+exact because ``C^T S C = 1`` for the full square set of orbitals. That F is what the record
+stores by default (``hamiltonian="scf"``); ``hamiltonian="core"`` stores H0 instead.
+
+Periodic structures are computed at the Gamma point only: tblite gives one matrix per
+structure, the sum over all lattice images, so image couplings cannot be separated. Such a
+record has every block at shift (0, 0, 0) and ``metadata["gamma_folded"] = True``.
+
+Units: tblite takes Bohr and works in Hartree; the electronic temperature is kT in Hartree
+(tblite's default 9.5e-4 Ha is about 300 K). The record stores Angstrom and Hartree.
+
+Metallic cells (TiN electrodes) need a smeared occupation and a damped Broyden mixer to
+converge: periodic structures default to ``PERIODIC_TEMPERATURE_HARTREE`` and
+``PERIODIC_MIXER_DAMPING``. When the SCF still fails, one retry with a higher temperature and
+stronger damping is made (``retry=True``) and recorded in ``metadata["attempts"]``; if that
+fails too, :class:`SCFConvergenceError` names the structure, the cycles and every setting tried.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from hamjax.blocks import BlockHamiltonian
+from hamjax.constants import BOHR_ANGSTROM
+from hamjax.reference._common import (
+    SCFConvergenceError,
+    dense_to_record,
+    describe_structure,
+    fermi_level_from_orbitals,
+)
+from hamjax.reference.blas import active_openblas
+
+__all__ = [
+    "TBLiteSettings",
+    "TBLiteResult",
+    "MOLECULE_TEMPERATURE_HARTREE",
+    "PERIODIC_TEMPERATURE_HARTREE",
+    "PERIODIC_MIXER_DAMPING",
+    "run_tblite",
+    "tblite_reference",
+    "tblite_version",
+]
+
+#: tblite's own default electronic temperature (kT, Hartree), about 300 K.
+MOLECULE_TEMPERATURE_HARTREE = 9.5e-4
+#: Default kT (Hartree) for periodic structures: smears the metallic TiN electrodes.
+PERIODIC_TEMPERATURE_HARTREE = 0.01
+#: Default Broyden mixing parameter for periodic structures (tblite's default is 0.4).
+PERIODIC_MIXER_DAMPING = 0.05
+_METHODS = ("GFN1-xTB", "GFN2-xTB", "IPEA1-xTB")
+_CYCLE_LINE = re.compile(r"^\s*(\d+)\s+-?\d")
+
+
+@dataclass(frozen=True)
+class TBLiteSettings:
+    """Settings of one tblite calculation (all JSON-serialisable).
+
+    Attributes:
+        method: "GFN1-xTB" (default), "GFN2-xTB" or "IPEA1-xTB".
+        electronic_temperature_hartree: kT of the Fermi smearing in Hartree; None picks
+            ``MOLECULE_TEMPERATURE_HARTREE`` for finite and ``PERIODIC_TEMPERATURE_HARTREE``
+            for periodic structures.
+        mixer_damping: Broyden mixing parameter (smaller = more damped); None picks 0.4 for
+            finite and ``PERIODIC_MIXER_DAMPING`` for periodic structures.
+        max_iterations: SCF cycle limit.
+        accuracy: tblite's numerical accuracy factor (smaller = tighter).
+        charge: total charge (elementary charges).
+        retry: after a failed SCF, retry once with ``retry_temperature_factor`` times the
+            temperature and ``retry_damping_factor`` times the mixing parameter.
+        hamiltonian: "scf" (converged self-consistent H, default) or "core" (tblite's H0).
+        threshold: atom pairs whose S and H0 blocks are all below this magnitude are left
+            out (0: keep every pair that tblite couples).
+    """
+
+    method: str = "GFN1-xTB"
+    electronic_temperature_hartree: float | None = None
+    mixer_damping: float | None = None
+    max_iterations: int = 250
+    accuracy: float = 1.0
+    charge: float = 0.0
+    retry: bool = True
+    retry_temperature_factor: float = 3.0
+    retry_damping_factor: float = 0.5
+    hamiltonian: str = "scf"
+    threshold: float = 0.0
+
+    def __post_init__(self):
+        if self.method not in _METHODS:
+            raise ValueError(f"tblite method {self.method!r} unknown; choose from {_METHODS}")
+        if self.hamiltonian not in ("scf", "core"):
+            raise ValueError(f"hamiltonian must be 'scf' or 'core', not {self.hamiltonian!r}")
+        if self.max_iterations < 1:
+            raise ValueError(f"max_iterations must be >= 1, got {self.max_iterations}")
+        t = self.electronic_temperature_hartree
+        if t is not None and not t >= 0:
+            raise ValueError(f"electronic_temperature_hartree must be >= 0, got {t}")
+        d = self.mixer_damping
+        if d is not None and not 0 < d <= 1:
+            raise ValueError(f"mixer_damping must be in (0, 1], got {d}")
+
+    def resolved(self, periodic: bool) -> TBLiteSettings:
+        """These settings with the structure-dependent defaults filled in."""
+        temperature = self.electronic_temperature_hartree
+        if temperature is None:
+            temperature = PERIODIC_TEMPERATURE_HARTREE if periodic else MOLECULE_TEMPERATURE_HARTREE
+        damping = self.mixer_damping
+        if damping is None:
+            damping = PERIODIC_MIXER_DAMPING if periodic else 0.4
+        return dataclasses.replace(
+            self, electronic_temperature_hartree=temperature, mixer_damping=damping
+        )
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TBLiteResult:
+    """Raw output of one converged tblite run, matrices in tblite's orbital order.
+
+    Attributes:
+        hamiltonian: ``[n_orb, n_orb]`` converged self-consistent H (Hartree).
+        core_hamiltonian: ``[n_orb, n_orb]`` tblite's H0 (Hartree).
+        overlap: ``[n_orb, n_orb]``.
+        orbital_energies: ``[n_orb]`` Hartree.
+        occupations: ``[n_orb]`` electrons (spin summed).
+        shell_angular_momenta: ``[n_shell]``; ``shell_atoms``: ``[n_shell]`` owning atom.
+        energy: total energy (Hartree).
+        scf_cycles: SCF cycles of the successful attempt.
+        settings: the settings that converged.
+        attempts: every attempt, ``{"settings": ..., "scf_cycles": ..., "converged": ...}``.
+        wall_time_s: seconds for all attempts.
+    """
+
+    hamiltonian: np.ndarray
+    core_hamiltonian: np.ndarray
+    overlap: np.ndarray
+    orbital_energies: np.ndarray
+    occupations: np.ndarray
+    shell_angular_momenta: np.ndarray
+    shell_atoms: np.ndarray
+    energy: float
+    scf_cycles: int
+    settings: TBLiteSettings
+    attempts: list
+    wall_time_s: float
+
+
+def tblite_version() -> str:
+    """Version of the tblite library, e.g. "0.8.0"."""
+    from tblite import library
+
+    return ".".join(str(v) for v in library.get_version())
+
+
+def _count_cycles(log: list[str]) -> int:
+    return sum(1 for line in "\n".join(log).splitlines() if _CYCLE_LINE.match(line))
+
+
+def _single_run(atoms, settings: TBLiteSettings, periodic: bool):
+    from tblite.interface import Calculator
+
+    log: list[str] = []
+    kwargs = {}
+    if periodic:
+        kwargs = dict(
+            lattice=np.asarray(atoms.cell.array, float) / BOHR_ANGSTROM,
+            periodic=np.asarray(atoms.pbc, dtype=bool),
+        )
+    calc = Calculator(
+        settings.method,
+        np.asarray(atoms.numbers, dtype=int),
+        np.asarray(atoms.positions, float) / BOHR_ANGSTROM,
+        charge=float(settings.charge),
+        color=False,
+        logger=log.append,
+        **kwargs,
+    )
+    calc.set("verbosity", 1)  # the cycle table goes to ``log``, not to stdout
+    calc.set("save-integrals", 1)
+    calc.set("max-iter", int(settings.max_iterations))
+    calc.set("accuracy", float(settings.accuracy))
+    calc.set("temperature", float(settings.electronic_temperature_hartree))
+    calc.set("mixer-damping", float(settings.mixer_damping))
+    try:
+        res = calc.singlepoint()
+        error = None
+    except Exception as err:  # tblite raises TBLiteRuntimeError("SCF not converged ...")
+        res, error = None, err
+    return calc, res, error, log
+
+
+def run_tblite(atoms, settings: TBLiteSettings | None = None, *, name: str | None = None):
+    """Run tblite on ``atoms`` (retrying once if allowed) and return a :class:`TBLiteResult`.
+
+    Args:
+        atoms: ``ase.Atoms`` (Angstrom). Periodic along the directions in ``atoms.pbc``.
+        settings: calculation settings (defaults: :class:`TBLiteSettings`).
+        name: label used in error messages.
+
+    Raises:
+        SCFConvergenceError: no attempt converged; the message names the structure, the
+            cycles and the settings of every attempt.
+        ValueError: a structure tblite rejects (the message names it).
+    """
+    settings = settings or TBLiteSettings()
+    periodic = bool(np.any(atoms.pbc))
+    if periodic and abs(np.linalg.det(atoms.cell.array)) < 1e-6:
+        raise ValueError(f"{describe_structure(atoms, name)} is periodic but has no cell")
+    current = settings.resolved(periodic)
+    plan = [current]
+    if settings.retry:
+        plan.append(
+            dataclasses.replace(
+                current,
+                electronic_temperature_hartree=max(
+                    current.electronic_temperature_hartree * current.retry_temperature_factor,
+                    MOLECULE_TEMPERATURE_HARTREE,
+                ),
+                mixer_damping=current.mixer_damping * current.retry_damping_factor,
+            )
+        )
+    attempts = []
+    start = time.perf_counter()
+    for attempt in plan:
+        t0 = time.perf_counter()
+        calc, res, error, log = _single_run(atoms, attempt, periodic)
+        cycles = _count_cycles(log)
+        record = {
+            "settings": attempt.as_dict(),
+            "scf_cycles": cycles,
+            "converged": error is None,
+            "wall_time_s": time.perf_counter() - t0,
+        }
+        if error is not None:
+            record["error"] = str(error)
+        attempts.append(record)
+        if error is None:
+            break
+        if "not converged" not in str(error).lower():
+            raise ValueError(f"tblite failed on {describe_structure(atoms, name)}: {error}")
+    else:
+        tried = "; ".join(
+            f"attempt {k + 1}: {a['scf_cycles']} cycles, kT="
+            f"{a['settings']['electronic_temperature_hartree']:g} Ha, mixer damping="
+            f"{a['settings']['mixer_damping']:g}, max_iterations="
+            f"{a['settings']['max_iterations']} ({a.get('error', '')})"
+            for k, a in enumerate(attempts)
+        )
+        raise SCFConvergenceError(
+            f"tblite {settings.method} SCF did not converge for "
+            f"{describe_structure(atoms, name)}: {tried}. Try a higher "
+            f"electronic_temperature_hartree, a smaller mixer_damping or more max_iterations.",
+            structure=describe_structure(atoms, name),
+            attempts=attempts,
+        )
+
+    overlap = np.asarray(res.get("overlap-matrix"))
+    core = np.asarray(res.get("hamiltonian-matrix"))
+    coefficients = np.asarray(res.get("orbital-coefficients"))
+    energies = np.asarray(res.get("orbital-energies"))
+    occupations = np.asarray(res.get("orbital-occupations"))
+    if coefficients.ndim != 2 or energies.ndim != 1:
+        raise ValueError(
+            f"spin-polarised tblite output for {describe_structure(atoms, name)} is not supported"
+        )
+    sc = overlap @ coefficients
+    hamiltonian = (sc * energies) @ sc.T
+    hamiltonian = 0.5 * (hamiltonian + hamiltonian.T)
+    return TBLiteResult(
+        hamiltonian=hamiltonian,
+        core_hamiltonian=core,
+        overlap=overlap,
+        orbital_energies=energies,
+        occupations=occupations,
+        shell_angular_momenta=np.asarray(calc.get("angular-momenta")),
+        shell_atoms=np.asarray(calc.get("shell-map")),
+        energy=float(res.get("energy")),
+        scf_cycles=attempts[-1]["scf_cycles"],
+        settings=plan[len(attempts) - 1],
+        attempts=attempts,
+        wall_time_s=time.perf_counter() - start,
+    )
+
+
+def _conversion(numbers: np.ndarray, result: TBLiteResult):
+    """(hamjax Basis, permutation, signs) so that ``M_hj = sign sign^T * M_tb[p][:, p]``."""
+    from hamjax.reference._conventions import tblite_conversion
+
+    return tblite_conversion(numbers, result.shell_angular_momenta, result.shell_atoms)
+
+
+def tblite_reference(
+    atoms,
+    settings: TBLiteSettings | None = None,
+    *,
+    name: str | None = None,
+    **overrides,
+) -> BlockHamiltonian:
+    """H and S of ``atoms`` from tblite as a block record in hamjax orbital order.
+
+    Args:
+        atoms: ``ase.Atoms`` (Angstrom); periodic directions from ``atoms.pbc``.
+        settings: :class:`TBLiteSettings`; keyword ``overrides`` replace single fields,
+            e.g. ``tblite_reference(atoms, electronic_temperature_hartree=0.02)``.
+        name: label for error messages and metadata.
+
+    Returns:
+        :class:`~hamjax.blocks.BlockHamiltonian` in Hartree with the Fermi level (Hartree)
+        and metadata: source, method, basis, units, tblite version, settings, SCF cycles,
+        attempts, wall time, energy, HOMO/LUMO, ``gamma_folded``, the preloaded OpenBLAS (or None).
+
+    Raises:
+        SCFConvergenceError: see :func:`run_tblite`.
+    """
+    settings = settings or TBLiteSettings()
+    if overrides:
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(TBLiteSettings)}
+        if unknown:
+            raise ValueError(f"unknown tblite setting(s) {sorted(unknown)}")
+        settings = dataclasses.replace(settings, **overrides)
+    result = run_tblite(atoms, settings, name=name)
+    numbers = np.asarray(atoms.numbers, dtype=int)
+    basis, perm, signs = _conversion(numbers, result)
+    flip = signs[:, None] * signs[None, :]
+
+    def convert(m):
+        return flip * m[np.ix_(perm, perm)]
+
+    hamiltonian = convert(
+        result.core_hamiltonian if settings.hamiltonian == "core" else result.hamiltonian
+    )
+    overlap = convert(result.overlap)
+    core = convert(result.core_hamiltonian)
+    used = result.settings
+    fermi = fermi_level_from_orbitals(
+        result.orbital_energies, result.occupations, used.electronic_temperature_hartree
+    )
+    periodic = bool(np.any(atoms.pbc))
+    metadata = {
+        "source": "tblite",
+        "name": name,
+        "method": settings.method,
+        "basis": basis.name,
+        "hamiltonian_kind": (
+            "converged self-consistent Hamiltonian S C diag(e) C^T S"
+            if settings.hamiltonian == "scf"
+            else "core Hamiltonian H0"
+        ),
+        "units": {
+            "hamiltonian": "Hartree",
+            "overlap": "1",
+            "positions": "Angstrom",
+            "cell": "Angstrom",
+            "energy": "Hartree",
+            "fermi_level": "Hartree",
+        },
+        "code": "tblite",
+        "code_version": tblite_version(),
+        "settings": used.as_dict(),
+        "requested_settings": settings.as_dict(),
+        "electronic_temperature_hartree": used.electronic_temperature_hartree,
+        "scf_cycles": result.scf_cycles,
+        "attempts": result.attempts,
+        "retried": len(result.attempts) > 1,
+        "wall_time_s": result.wall_time_s,
+        "total_energy_hartree": result.energy,
+        "n_electrons": fermi["n_electrons"],
+        "homo_hartree": fermi["homo"],
+        "lumo_hartree": fermi["lumo"],
+        "gap_hartree": fermi["gap"],
+        "fermi_level_method": fermi["method"],
+        "gamma_folded": periodic,
+        "k_point": "gamma" if periodic else None,
+        "openblas_preload": active_openblas(),
+    }
+    return dense_to_record(
+        atoms,
+        basis,
+        hamiltonian,
+        overlap,
+        pattern_from=(core,),
+        threshold=settings.threshold,
+        fermi_level=fermi["fermi_level"],
+        metadata=metadata,
+    )
