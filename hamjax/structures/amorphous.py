@@ -1,0 +1,345 @@
+"""Amorphous HfO2 slabs: random packing, then a short melt-quench with a rigid-ion pair potential.
+
+Why a classical pair potential: no potential covering Hf and O ships with ase (EMT knows
+neither), tblite offers GFN1/GFN2-xTB but no GFN-FF, and a tight-binding melt-quench of
+thousands of atoms is hours on a laptop CPU. A rigid-ion Born-Mayer-Huggins (Buckingham)
+model with formal charges is the classic description of fluorite-structured oxides and is
+enough to turn a random packing into a chemically ordered glass (each Hf surrounded by O
+at ~2.1 Angstrom, O-O >= ~2.5 Angstrom, 6-8-fold Hf coordination as in a-HfO2).
+
+Potential (energies in eV, distances in Angstrom), summed over pairs::
+
+    V(r) = A exp(-r / rho) - C / r^6 + q_i q_j k_e V_DSF(r)
+
+* Short range: Lewis and Catlow, J. Phys. C 18, 1149 (1985), fitted for cubic ZrO2:
+  O-O A = 22764.0 eV, rho = 0.149 A, C = 27.88 eV A^6; Zr-O A = 985.869 eV, rho = 0.376 A,
+  C = 0. Hf4+ and Zr4+ have almost the same ionic radius (0.83 vs 0.84 A, lanthanide
+  contraction) and HfO2/ZrO2 share their polymorphs and lattice constants within 1%, so the
+  Zr-O term is used for Hf-O, a common transfer for hafnia. Hf-Hf: Coulomb only.
+* Charges: formal, Hf +4 e, O -2 e.
+* Coulomb: damped shifted force (DSF) of Fennell and Gezelter, J. Chem. Phys. 124, 234104
+  (2006), damping alpha = 0.2 / A, cutoff 8 A: pairwise, linear in N, smooth at the cutoff,
+  and it works in slabs (periodic in y, z only) where Ewald sums would need corrections.
+* The slab is confined to 0 <= x <= width by harmonic walls (the electrodes that sandwich it
+  in the device are not part of this model) and is periodic along y and z.
+
+Protocol (NVT, velocity Verlet, 1 fs, Berendsen thermostat): random sequential packing at
+the target density, FIRE relaxation, ``melt_steps`` at ``melt_temperature_k``, a linear quench
+to 300 K over ``quench_steps``, and a final FIRE relaxation. A real melt-quench takes
+nanoseconds; this one takes about a picosecond, so it yields a locally relaxed, chemically
+ordered random network, not an equilibrated glass. That is what a training structure needs:
+sensible bond lengths and coordination, no overlaps, disorder.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import vesin
+from scipy.special import erfc
+
+__all__ = ["HFO2_PAIR_POTENTIAL", "AmorphousSettings", "amorphous_hfo2_slab", "pair_forces"]
+
+COULOMB_EV_ANGSTROM = 14.399645478425668
+"""e^2 / (4 pi eps0) in eV Angstrom."""
+
+_ACCEL = 9.648533212331e-3
+"""1 eV / (Angstrom amu) in Angstrom / fs^2."""
+
+_KB_EV_K = 8.617333262e-5
+
+# Species index: 0 = Hf, 1 = O.
+_MASS_AMU = np.array([178.49, 15.999])
+_CHARGE_E = np.array([4.0, -2.0])
+
+HFO2_PAIR_POTENTIAL = {
+    # (A eV, rho Angstrom, C eV Angstrom^6), Lewis & Catlow (1985); Zr-O transferred to Hf-O.
+    ("Hf", "Hf"): (0.0, 1.0, 0.0),
+    ("Hf", "O"): (985.869, 0.376, 0.0),
+    ("O", "O"): (22764.0, 0.149, 27.88),
+}
+"""Buckingham parameters (A in eV, rho in Angstrom, C in eV Angstrom^6) per species pair."""
+
+_A = np.array([[0.0, 985.869], [985.869, 22764.0]])
+_RHO = np.array([[1.0, 0.376], [0.376, 0.149]])
+_C6 = np.array([[0.0, 0.0], [0.0, 27.88]])
+
+
+class AmorphousSettings:
+    """Melt-quench settings (plain values; the device spec carries them).
+
+    Args:
+        melt_steps: MD steps (1 fs) at ``melt_temperature_k``.
+        quench_steps: MD steps (1 fs) of the linear quench to 300 K.
+        relax_steps: FIRE steps before and after the MD.
+        melt_temperature_k: melt temperature in kelvin.
+        cutoff_angstrom: pair cutoff (Buckingham and DSF Coulomb).
+        dsf_alpha: DSF damping in 1 / Angstrom.
+    """
+
+    def __init__(
+        self,
+        melt_steps: int = 250,
+        quench_steps: int = 250,
+        relax_steps: int = 100,
+        melt_temperature_k: float = 4000.0,
+        cutoff_angstrom: float = 6.0,
+        dsf_alpha: float = 0.25,
+    ):
+        self.melt_steps = int(melt_steps)
+        self.quench_steps = int(quench_steps)
+        self.relax_steps = int(relax_steps)
+        self.melt_temperature_k = float(melt_temperature_k)
+        self.cutoff_angstrom = float(cutoff_angstrom)
+        self.dsf_alpha = float(dsf_alpha)
+
+
+def _pair_terms(r, si, sj, cutoff_angstrom, dsf_alpha):
+    """Pair energy V(r) (eV) and dV/dr (eV / Angstrom) for species pairs (si, sj)."""
+    a, rho, c6 = _A[si, sj], _RHO[si, sj], _C6[si, sj]
+    qq = COULOMB_EV_ANGSTROM * _CHARGE_E[si] * _CHARGE_E[sj]
+    rep = a * np.exp(-r / rho)
+    energy = rep - c6 / r**6
+    slope = -rep / rho + 6.0 * c6 / r**7
+    rc, al = cutoff_angstrom, dsf_alpha
+    erfc_rc = erfc(al * rc)
+    shift_f = erfc_rc / rc**2 + 2.0 * al / np.sqrt(np.pi) * np.exp(-((al * rc) ** 2)) / rc
+    erfc_r = erfc(al * r)
+    energy = energy + qq * (erfc_r / r - erfc_rc / rc + shift_f * (r - rc))
+    slope = slope - qq * (
+        erfc_r / r**2 + 2.0 * al / np.sqrt(np.pi) * np.exp(-((al * r) ** 2)) / r - shift_f
+    )
+    return energy, slope
+
+
+def pair_forces(
+    positions: np.ndarray,
+    species: np.ndarray,
+    box: np.ndarray,
+    *,
+    cutoff_angstrom: float = 6.0,
+    dsf_alpha: float = 0.25,
+    periodic=(False, True, True),
+) -> tuple[float, np.ndarray]:
+    """Energy (eV) and forces (eV / Angstrom) of the rigid-ion HfO2 model, evaluated exactly.
+
+    This is the reference the tabulated MD kernel is tested against.
+
+    Args:
+        positions: [n, 3] Angstrom.
+        species: [n] int, 0 = Hf, 1 = O.
+        box: [3, 3] cell (rows are vectors), Angstrom. Non-periodic axes need any length.
+        cutoff_angstrom: pair cutoff.
+        dsf_alpha: DSF damping parameter in 1 / Angstrom.
+        periodic: periodicity per axis.
+
+    Returns:
+        (energy, forces [n, 3]).
+    """
+    n = len(positions)
+    nl = vesin.NeighborList(cutoff=cutoff_angstrom, full_list=False)
+    i, j, vec = nl.compute(points=positions, box=box, periodic=list(periodic), quantities="ijD")
+    r = np.sqrt(np.einsum("pk,pk->p", vec, vec))  # [n_pair]
+    energy, slope = _pair_terms(r, species[i], species[j], cutoff_angstrom, dsf_alpha)
+    return float(np.sum(energy)), _scatter(i, j, (slope / r)[:, None] * vec, n)
+
+
+def _scatter(i, j, fvec, n):
+    """Forces from pair vectors: +fvec on i, -fvec on j (fvec = dV/dr * (r_j - r_i) / r)."""
+    forces = np.empty((n, 3))
+    for k in range(3):
+        forces[:, k] = np.bincount(i, weights=fvec[:, k], minlength=n) - np.bincount(
+            j, weights=fvec[:, k], minlength=n
+        )
+    return forces
+
+
+class _ForceField:
+    """Tabulated pair forces on a Verlet list (rebuilt when an atom moved by half the skin)."""
+
+    def __init__(self, species, box, settings, periodic=(False, True, True), skin=1.0):
+        self.species = species
+        self.box = box
+        self.periodic = list(periodic)
+        self.rc = settings.cutoff_angstrom
+        self.skin = skin
+        self.dr = 0.002
+        grid = np.arange(0.0, self.rc + 4 * self.dr, self.dr)
+        grid[0] = self.dr  # avoid r = 0; nothing is ever that close
+        table = np.zeros((2, 2, len(grid)))
+        for a in range(2):
+            for b in range(2):
+                _, slope = _pair_terms(grid, a, b, self.rc, settings.dsf_alpha)
+                table[a, b] = np.where(grid <= self.rc, slope / grid, 0.0)
+        self.table = table.reshape(4, -1)
+        self.nl = vesin.NeighborList(cutoff=self.rc + skin, full_list=False)
+        self.ref = None
+
+    def _rebuild(self, positions):
+        i, j, shifts = self.nl.compute(
+            points=positions, box=self.box, periodic=self.periodic, quantities="ijS"
+        )
+        self.i, self.j = i, j
+        self.offset = shifts @ self.box  # [n_pair, 3]
+        self.kind = 2 * self.species[i] + self.species[j]
+        self.ref = positions.copy()
+
+    def __call__(self, positions):
+        if self.ref is None or np.max(np.abs(positions - self.ref)) > 0.5 * self.skin / np.sqrt(3):
+            self._rebuild(positions)
+        vec = positions[self.j] - positions[self.i] + self.offset  # [n_pair, 3]
+        r = np.sqrt(np.einsum("pk,pk->p", vec, vec))
+        x = np.minimum(r, self.rc + self.dr) / self.dr
+        idx = x.astype(np.int64)
+        w = x - idx
+        flat = self.kind * self.table.shape[1] + idx
+        t = self.table.ravel()
+        coef = t[flat] * (1.0 - w) + t[flat + 1] * w  # dV/dr / r
+        return _scatter(self.i, self.j, coef[:, None] * vec, len(positions))
+
+
+def _wall(positions: np.ndarray, width: float, k: float = 20.0) -> tuple[float, np.ndarray]:
+    x = positions[:, 0]
+    low = np.minimum(x, 0.0)
+    high = np.maximum(x - width, 0.0)
+    forces = np.zeros_like(positions)
+    forces[:, 0] = -k * low - k * high
+    return 0.5 * k * float(np.sum(low**2 + high**2)), forces
+
+
+def _random_packing(
+    n_hf: int, width: float, ly: float, lz: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random sequential addition of n_hf Hf, then 2 n_hf O, with pair minimum distances.
+
+    A cell grid keeps each test local (linear cost). The minimum distances shrink by 5% each
+    time 200 tries fail, so this never hangs; the relaxation that follows restores physical
+    distances.
+    """
+    n_o = 2 * n_hf
+    species = np.concatenate([np.zeros(n_hf, np.int64), np.ones(n_o, np.int64)])
+    base = np.array([[2.9, 1.8], [1.8, 2.3]])  # Angstrom, [Hf, O] x [Hf, O]
+    lengths = np.array([width, ly, lz])
+    periodic = np.array([False, True, True])
+    n_bin = np.maximum((lengths // 3.0).astype(int), 1)
+    bin_len = lengths / n_bin
+    bins: dict[tuple[int, int, int], list[int]] = {}
+    positions = np.zeros((len(species), 3))
+    scale = 1.0
+
+    def neighbours(point):
+        b = np.minimum((point // bin_len).astype(int), n_bin - 1)
+        found = []
+        for dx in (-1, 0, 1):
+            for dy in (-1, 0, 1):
+                for dz in (-1, 0, 1):
+                    key = b + (dx, dy, dz)
+                    if not periodic[0] and not 0 <= key[0] < n_bin[0]:
+                        continue
+                    key = tuple(int(k) for k in np.where(periodic, key % n_bin, key))
+                    found.extend(bins.get(key, ()))
+        return np.unique(np.array(found, np.int64))
+
+    for idx, sp in enumerate(species):
+        for attempt in range(100_000):
+            if attempt and attempt % 200 == 0:
+                scale *= 0.95
+            trial = rng.random(3) * lengths
+            near = neighbours(trial)
+            if len(near):
+                d = positions[near] - trial
+                d[:, periodic] -= np.round(d[:, periodic] / lengths[periodic]) * lengths[periodic]
+                if np.any(np.einsum("pk,pk->p", d, d) < (scale * base[sp, species[near]]) ** 2):
+                    continue
+            positions[idx] = trial
+            key = tuple(int(k) for k in np.minimum((trial // bin_len).astype(int), n_bin - 1))
+            bins.setdefault(key, []).append(idx)
+            break
+    return positions, species
+
+
+def _fire(positions, species, force_field, width, steps, max_step=0.2):
+    """FIRE minimisation (Bitzek et al., PRL 97, 170201 (2006)) in fs / amu units."""
+    dt, dt_max, alpha, n_pos = 0.5, 2.0, 0.1, 0
+    vel = np.zeros_like(positions)
+    masses = _MASS_AMU[species][:, None]
+    for _ in range(steps):
+        f = force_field(positions) + _wall(positions, width)[1]
+        power = float(np.sum(f * vel))
+        if power > 0:
+            fnorm = np.linalg.norm(f) + 1e-30
+            vel = (1 - alpha) * vel + alpha * f / fnorm * np.linalg.norm(vel)
+            n_pos += 1
+            if n_pos > 5:
+                dt = min(dt * 1.1, dt_max)
+                alpha *= 0.99
+        else:
+            vel[:] = 0.0
+            dt *= 0.5
+            alpha, n_pos = 0.1, 0
+        vel = vel + dt * _ACCEL * f / masses
+        step = dt * vel
+        norms = np.linalg.norm(step, axis=1, keepdims=True)
+        step = np.where(norms > max_step, step * max_step / np.maximum(norms, 1e-30), step)
+        positions = positions + step
+    return positions
+
+
+def _md(positions, species, force_field, width, settings, rng):
+    """Velocity Verlet (1 fs) with a Berendsen thermostat (tau 20 fs): melt, then quench."""
+    n = len(positions)
+    masses = _MASS_AMU[species][:, None]
+    t_melt = settings.melt_temperature_k
+    schedule = np.concatenate(
+        [np.full(settings.melt_steps, t_melt), np.linspace(t_melt, 300.0, settings.quench_steps)]
+    )
+    if len(schedule) == 0:
+        return positions
+    dt, tau = 1.0, 20.0
+    vel = rng.normal(size=(n, 3)) * np.sqrt(_KB_EV_K * t_melt / masses * _ACCEL)
+
+    def forces(p):
+        return force_field(p) + _wall(p, width)[1]
+
+    f = forces(positions)
+    for target in schedule:
+        vel = vel + 0.5 * dt * _ACCEL * f / masses
+        positions = positions + dt * vel
+        f = forces(positions)
+        vel = vel + 0.5 * dt * _ACCEL * f / masses
+        kinetic = 0.5 * float(np.sum(masses * vel**2)) / _ACCEL  # eV
+        temp = 2.0 * kinetic / (3.0 * n * _KB_EV_K)
+        vel *= np.sqrt(max(1.0 + dt / tau * (target / max(temp, 1e-6) - 1.0), 0.0))
+    return positions
+
+
+def amorphous_hfo2_slab(
+    n_hf: int,
+    width_angstrom: float,
+    ly_angstrom: float,
+    lz_angstrom: float,
+    rng: np.random.Generator,
+    settings: AmorphousSettings | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """Amorphous HfO2 slab of ``n_hf`` formula units, periodic along y and z.
+
+    Args:
+        n_hf: number of Hf atoms (O atoms: 2 n_hf).
+        width_angstrom: the atoms end up with 0 <= x <= width.
+        ly_angstrom, lz_angstrom: transverse periodic lengths.
+        rng: random generator (the only source of randomness).
+        settings: melt-quench settings; None gives the defaults of ``AmorphousSettings``.
+
+    Returns:
+        (positions [3 n_hf, 3] Angstrom, symbols) with the Hf atoms first, then O.
+    """
+    settings = settings or AmorphousSettings()
+    positions, species = _random_packing(n_hf, width_angstrom, ly_angstrom, lz_angstrom, rng)
+    box = np.diag([width_angstrom + settings.cutoff_angstrom + 10.0, ly_angstrom, lz_angstrom])
+    force_field = _ForceField(species, box, settings)
+    positions = _fire(positions, species, force_field, width_angstrom, settings.relax_steps)
+    positions = _md(positions, species, force_field, width_angstrom, settings, rng)
+    positions = _fire(positions, species, force_field, width_angstrom, settings.relax_steps)
+    positions[:, 0] = np.clip(positions[:, 0], 0.0, width_angstrom)
+    positions[:, 1] %= ly_angstrom
+    positions[:, 2] %= lz_angstrom
+    return positions, ["Hf"] * n_hf + ["O"] * (2 * n_hf)

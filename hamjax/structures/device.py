@@ -1,0 +1,604 @@
+"""TiN | HfO2 | Ti | TiN valence-change-memory devices along x, periodic along y and z.
+
+Lattice matching
+----------------
+The transverse cell is set by the electrodes: ``ny x nz`` conventional rock-salt TiN cells
+(a = 4.24 Angstrom), unstrained unless the caller asks for a transverse size in Angstrom (then
+the nearest whole number of TiN cells, strained by at most ``max_strain``). Straining the
+metallic electrode to fit the oxide (fluorite HfO2 a = 5.08 Angstrom is 20% larger) is what
+not to do: it distorts the metal's bands and a tight-binding SCF of the strained electrode
+barely converges. The oxide and the Ti layer are fitted to the electrode cell instead:
+
+* HfO2, ``oxide="amorphous"`` (default): a melt-quenched slab built directly in the electrode's
+  transverse cell at the density of amorphous hafnia (9.7 g/cm^3 by default; monoclinic HfO2 is
+  9.68, films 9-10), see :mod:`hamjax.structures.amorphous`. It fits any transverse cell with
+  zero strain, so toy training devices and paper-size test devices share one kind of oxide,
+  and the paper's devices also use amorphous HfO2.
+* HfO2, ``oxide="crystalline"``: fluorite (cubic) HfO2 with (100) planes along x, m cells
+  across each transverse length; allowed only when the strain is within ``max_strain``
+  (6 TiN cells = 25.44 A against 5 HfO2 cells = 25.40 A: +0.16%). Along x it keeps a = 5.08.
+* Ti, ``ti_phase="hcp"``: hcp Ti (a = 2.95, c = 4.68 A) with c along x (basal planes parallel to
+  the interfaces, the usual texture of Ti films) and the orthohexagonal axes a and a*sqrt(3)
+  along y and z (whichever pairing strains less). ``ti_phase="fcc"``: a pseudomorphic fcc Ti
+  layer on the Ti sublattice of TiN (a_fcc = 4.13 A from hcp Ti's atomic volume, strained by
+  +2.7% to 4.24 A), the only choice that fits narrow toy cells. ``"auto"`` (default) takes hcp
+  when its transverse strain is within ``max_strain`` and fcc otherwise.
+
+The strain of every layer, per axis (x, y, z), is recorded in ``atoms.info["strain"]``.
+
+Layout along x (Angstrom): TiN_left planes (spacing a/2) start at x = a/4 (half a plane
+spacing from the cell boundary); each interface has a plane-to-plane gap
+(``interface_gap_angstrom`` around the oxide, the mean plane spacing at Ti | TiN); the cell
+ends half a TiN plane spacing after the last TiN_right plane, so across the periodic x boundary
+TiN_right continues TiN_left as perfect rock salt (both electrodes have whole cells, starting
+with the same plane parity). The cell is periodic in all three directions; set
+``atoms.pbc[0] = False`` for an open-boundary cluster along x.
+
+Randomness: ``numpy.random.default_rng([seed, stream])`` with one stream per stage (oxide,
+rattle, vacancies), so the same seed gives the same atoms, and two specs that differ only in
+their vacancies share the same host oxide (a formed and a broken filament in the same film).
+
+Records on the returned ``ase.Atoms``:
+
+* ``arrays["region"]``: per-atom str, one of :data:`REGIONS`.
+* ``info["vacancies"]``: [n_vac, 3] float, Angstrom, positions of the removed O atoms.
+* ``info["vacancy_region"]``: per vacancy, "filament" or "background".
+* ``info["strain"]``: {layer: [eps_x, eps_y, eps_z]}.
+* ``info["layers"]``: {region: [x_min, x_max, n_atoms]} (atom positions before rattling).
+* ``info["oxide_window"]``: [x_lo, x_hi] of the oxide's O sites, Angstrom.
+* ``info["hfo2_density_g_cm3"]``, ``info["ti_phase"]``, ``info["oxide"]``, ``info["seed"]``,
+  ``info["spec"]`` (the spec as a JSON string; :func:`DeviceSpec.from_json` restores it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+import ase
+import numpy as np
+import vesin
+
+from hamjax.structures.amorphous import AmorphousSettings, amorphous_hfo2_slab
+
+__all__ = [
+    "A_HFO2",
+    "A_TIN",
+    "A_TI_HCP",
+    "C_TI_HCP",
+    "REGIONS",
+    "DeviceSpec",
+    "build_device",
+    "check_min_distance",
+    "paper_spec",
+]
+
+A_TIN = 4.24
+"""Rock-salt TiN lattice constant, Angstrom."""
+A_HFO2 = 5.08
+"""Fluorite (cubic) HfO2 lattice constant, Angstrom."""
+A_TI_HCP = 2.95
+"""hcp Ti a, Angstrom."""
+C_TI_HCP = 4.68
+"""hcp Ti c, Angstrom."""
+A_TI_FCC = (4.0 * (np.sqrt(3.0) / 2.0 * A_TI_HCP**2 * C_TI_HCP / 2.0)) ** (1.0 / 3.0)
+"""fcc Ti lattice constant with hcp Ti's atomic volume (4.13 Angstrom)."""
+
+REGIONS = ("TiN_left", "HfO2", "Ti", "TiN_right")
+"""Region labels, left to right along x."""
+
+_AVOGADRO = 6.02214076e23
+_MASS_HFO2_G_MOL = 178.49 + 2 * 15.999
+
+_VACANCY_MODES = ("none", "random", "filament", "broken")
+_OXIDES = ("amorphous", "crystalline")
+_TI_PHASES = ("auto", "hcp", "fcc")
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """Geometry, disorder and vacancies of a TiN | HfO2 | Ti | TiN device (lengths in Angstrom).
+
+    The defaults give a ~60-atom toy device (one TiN cell across, 4.24 x 4.24 Angstrom).
+
+    Attributes:
+        transverse_cells: TiN conventional cells along (y, z).
+        transverse_angstrom: (Ly, Lz) in Angstrom; when given it overrides ``transverse_cells``
+            (nearest whole number of TiN cells, the electrode strained to fit, at most
+            ``max_strain``).
+        tin_left_cells, tin_right_cells: TiN conventional cells along x (4.24 A, 2 planes each).
+        hfo2_thickness_angstrom: oxide thickness (crystalline: rounded to whole 5.08 A cells).
+        ti_thickness_angstrom: Ti thickness (rounded to whole atomic planes, at least one).
+        oxide: "amorphous" (melt-quenched, default) or "crystalline" (fluorite).
+        ti_phase: "auto", "hcp" or "fcc" (see the module docstring).
+        hfo2_density_g_cm3: density of the amorphous oxide.
+        melt_steps, quench_steps, relax_steps: melt-quench MD (1 fs steps) and FIRE steps of
+            the amorphous oxide; all zero gives the relaxed-free random packing.
+        melt_temperature_k: melt temperature, kelvin.
+        rattle_angstrom: standard deviation of a Gaussian displacement of every atom.
+        interface_gap_angstrom: plane-to-plane distance at both oxide interfaces.
+        vacancy_mode: "none", "random", "filament" or "broken".
+        vacancy_density: fraction of O sites removed uniformly at random ("random": all O of
+            the oxide; "filament"/"broken": the O outside the filament, a background).
+        filament_radius_angstrom: filament radius at the TiN_left side of the oxide.
+        filament_end_radius_angstrom: radius at the Ti side; None = same (a cylinder), else a
+            cone (truncated, linear in x).
+        filament_center: fractional (y, z) of the filament axis at the TiN side.
+        filament_end_center: fractional (y, z) of the axis at the Ti side; None = same
+            (straight), else a tilted (offset) axis.
+        filament_vacancy_fraction: fraction of the O sites inside the filament that are removed.
+        gap_angstrom: length along x of the intact oxide ("broken" only) that interrupts the
+            filament.
+        gap_side: where the gap is: "tin" (against TiN_left) or "ti" (against the Ti layer).
+        min_distance_angstrom: smallest allowed interatomic distance; a device with a closer
+            pair raises ValueError naming the pair.
+        max_strain: largest allowed |strain| of any layer in any direction.
+        seed: random seed.
+    """
+
+    transverse_cells: tuple[int, int] = (1, 1)
+    transverse_angstrom: tuple[float, float] | None = None
+    tin_left_cells: int = 2
+    hfo2_thickness_angstrom: float = 12.0
+    ti_thickness_angstrom: float = 8.0
+    tin_right_cells: int = 2
+    oxide: str = "amorphous"
+    ti_phase: str = "auto"
+    hfo2_density_g_cm3: float = 9.7
+    melt_steps: int = 250
+    quench_steps: int = 250
+    relax_steps: int = 100
+    melt_temperature_k: float = 4000.0
+    rattle_angstrom: float = 0.03
+    interface_gap_angstrom: float = 2.0
+    vacancy_mode: str = "none"
+    vacancy_density: float = 0.0
+    filament_radius_angstrom: float = 3.0
+    filament_end_radius_angstrom: float | None = None
+    filament_center: tuple[float, float] = (0.5, 0.5)
+    filament_end_center: tuple[float, float] | None = None
+    filament_vacancy_fraction: float = 1.0
+    gap_angstrom: float = 0.0
+    gap_side: str = "tin"
+    min_distance_angstrom: float = 1.6
+    max_strain: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self):
+        _validate(self)
+
+    def replace(self, **changes) -> DeviceSpec:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        """The spec as a JSON string (tuples become lists)."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> DeviceSpec:
+        """Inverse of :meth:`to_json`."""
+        data = json.loads(text)
+        for key in (
+            "transverse_cells",
+            "transverse_angstrom",
+            "filament_center",
+            "filament_end_center",
+        ):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+def paper_spec(**changes) -> DeviceSpec:
+    """A device of the paper's size: about 93 x 25.4 x 25.4 Angstrom, about 5,000 atoms.
+
+    6 x 6 TiN cells across (25.44 A, where 5 fluorite HfO2 cells also fit, +0.16% strain);
+    TiN 5 cells (21.2 A) on each side, 30 A of HfO2 and 12 A of hcp Ti. The split between
+    the layers is an estimate that reproduces the paper's overall size and atom count.
+    """
+    base = DeviceSpec(
+        transverse_cells=(6, 6),
+        tin_left_cells=5,
+        hfo2_thickness_angstrom=30.0,
+        ti_thickness_angstrom=12.0,
+        tin_right_cells=5,
+    )
+    return base.replace(**changes)
+
+
+def _validate(spec: DeviceSpec) -> None:
+    def need(cond, msg):
+        if not cond:
+            raise ValueError(f"DeviceSpec: {msg}")
+
+    ny, nz = spec.transverse_cells
+    need(
+        int(ny) == ny and int(nz) == nz and ny >= 1 and nz >= 1,
+        f"transverse_cells must be two positive integers, got {spec.transverse_cells}",
+    )
+    if spec.transverse_angstrom is not None:
+        need(
+            len(spec.transverse_angstrom) == 2 and all(v > 0 for v in spec.transverse_angstrom),
+            f"transverse_angstrom must be two positive lengths, got {spec.transverse_angstrom}",
+        )
+    for name in ("tin_left_cells", "tin_right_cells"):
+        value = getattr(spec, name)
+        need(int(value) == value and value >= 1, f"{name} must be an integer >= 1, got {value}")
+    for name in ("hfo2_thickness_angstrom", "ti_thickness_angstrom"):
+        value = getattr(spec, name)
+        need(value > 0, f"{name} must be positive, got {value}")
+    need(spec.oxide in _OXIDES, f"oxide must be one of {_OXIDES}, got {spec.oxide!r}")
+    need(
+        spec.ti_phase in _TI_PHASES, f"ti_phase must be one of {_TI_PHASES}, got {spec.ti_phase!r}"
+    )
+    need(
+        spec.hfo2_density_g_cm3 > 0,
+        f"hfo2_density_g_cm3 must be positive, got {spec.hfo2_density_g_cm3}",
+    )
+    for name in ("melt_steps", "quench_steps", "relax_steps"):
+        value = getattr(spec, name)
+        need(int(value) == value and value >= 0, f"{name} must be an integer >= 0, got {value}")
+    need(spec.melt_temperature_k > 0, "melt_temperature_k must be positive")
+    need(spec.rattle_angstrom >= 0, f"rattle_angstrom must be >= 0, got {spec.rattle_angstrom}")
+    need(
+        spec.interface_gap_angstrom > 0,
+        f"interface_gap_angstrom must be positive, got {spec.interface_gap_angstrom}",
+    )
+    need(
+        spec.vacancy_mode in _VACANCY_MODES,
+        f"vacancy_mode must be one of {_VACANCY_MODES}, got {spec.vacancy_mode!r}",
+    )
+    need(
+        0.0 <= spec.vacancy_density <= 1.0,
+        f"vacancy_density is a fraction of O sites in [0, 1], got {spec.vacancy_density}",
+    )
+    need(
+        0.0 <= spec.filament_vacancy_fraction <= 1.0,
+        f"filament_vacancy_fraction must be in [0, 1], got {spec.filament_vacancy_fraction}",
+    )
+    need(
+        spec.filament_radius_angstrom > 0,
+        f"filament_radius_angstrom must be positive, got {spec.filament_radius_angstrom}",
+    )
+    if spec.filament_end_radius_angstrom is not None:
+        need(
+            spec.filament_end_radius_angstrom >= 0,
+            f"filament_end_radius_angstrom must be >= 0, got {spec.filament_end_radius_angstrom}",
+        )
+    need(spec.gap_angstrom >= 0, f"gap_angstrom must be >= 0, got {spec.gap_angstrom}")
+    need(spec.gap_side in ("tin", "ti"), f"gap_side must be 'tin' or 'ti', got {spec.gap_side!r}")
+    if spec.vacancy_mode == "broken":
+        need(spec.gap_angstrom > 0, "a broken filament needs gap_angstrom > 0")
+        need(
+            spec.gap_angstrom < spec.hfo2_thickness_angstrom,
+            f"gap_angstrom ({spec.gap_angstrom}) must be shorter than the oxide "
+            f"({spec.hfo2_thickness_angstrom} Angstrom)",
+        )
+    need(spec.min_distance_angstrom > 0, "min_distance_angstrom must be positive")
+    need(0 <= spec.max_strain < 1, f"max_strain must be in [0, 1), got {spec.max_strain}")
+    need(
+        int(spec.seed) == spec.seed and spec.seed >= 0,
+        f"seed must be an integer >= 0, got {spec.seed}",
+    )
+
+
+# ----------------------------------------------------------------------------- transverse cell
+
+
+def _transverse(spec: DeviceSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(n_cells [2] int, lengths [2] Angstrom, TiN strain [2]) of the transverse cell."""
+    if spec.transverse_angstrom is None:
+        n = np.array(spec.transverse_cells, int)
+        return n, n * A_TIN, np.zeros(2)
+    lengths = np.array(spec.transverse_angstrom, float)
+    n = np.round(lengths / A_TIN).astype(int)
+    for axis, (length, count) in enumerate(zip(lengths, n, strict=True)):
+        name = "yz"[axis]
+        strain = length / (count * A_TIN) - 1.0 if count else np.inf
+        if count < 1 or abs(strain) > spec.max_strain:
+            raise ValueError(
+                f"DeviceSpec: transverse length L{name} = {length} Angstrom fits no whole number "
+                f"of TiN cells (a = {A_TIN} A) within max_strain = {spec.max_strain}: nearest is "
+                f"{max(count, 1)} cell(s) = {max(count, 1) * A_TIN:.3f} A"
+            )
+    return n, lengths, lengths / (n * A_TIN) - 1.0
+
+
+def _fit(length: float, period: float) -> tuple[int, float]:
+    """Whole number of periods nearest to ``length`` (>= 1) and the strain to fit it exactly."""
+    count = max(int(round(length / period)), 1)
+    return count, length / (count * period) - 1.0
+
+
+# ----------------------------------------------------------------------------- layers
+# Each layer builder returns (symbols, positions) with the first atomic plane at x = 0.
+
+
+def _tin_layer(n_cells_x: int, ncell: np.ndarray, lengths: np.ndarray):
+    d = A_TIN / 2.0
+    ny, nz = ncell
+    ay, az = lengths / ncell
+    symbols, positions = [], []
+    for k in range(2 * n_cells_x):
+        for iy in range(2 * ny):
+            for iz in range(2 * nz):
+                symbols.append("Ti" if (iy + iz + k) % 2 == 0 else "N")
+                positions.append((k * d, iy * ay / 2.0, iz * az / 2.0))
+    return symbols, np.array(positions)
+
+
+def _hfo2_crystalline(spec: DeviceSpec, lengths: np.ndarray):
+    """Fluorite HfO2, (100) planes along x: O, Hf, O, Hf, ... (spacing a/4), O facing TiN."""
+    (my, sy), (mz, sz) = _fit(lengths[0], A_HFO2), _fit(lengths[1], A_HFO2)
+    if max(abs(sy), abs(sz)) > spec.max_strain:
+        raise ValueError(
+            f"DeviceSpec: crystalline HfO2 (a = {A_HFO2} A) does not fit the transverse cell "
+            f"{lengths[0]:.3f} x {lengths[1]:.3f} A within max_strain = {spec.max_strain} "
+            f"(strain {sy:+.3f}, {sz:+.3f}); use oxide='amorphous' or a transverse size that "
+            f"is a multiple of 25.44 A (6 TiN = 5 HfO2 cells)"
+        )
+    nx = max(int(round(spec.hfo2_thickness_angstrom / A_HFO2)), 1)
+    by, bz = lengths[0] / my, lengths[1] / mz
+    o_sites = [(0.25, 0.25), (0.25, 0.75), (0.75, 0.25), (0.75, 0.75)]
+    hf_even, hf_odd = [(0.0, 0.0), (0.5, 0.5)], [(0.0, 0.5), (0.5, 0.0)]
+    symbols, positions = [], []
+    for plane in range(4 * nx):
+        x = plane * A_HFO2 / 4.0
+        if plane % 2 == 0:
+            sym, sites = "O", o_sites
+        else:
+            sym, sites = "Hf", hf_even if plane % 4 == 1 else hf_odd
+        for iy in range(my):
+            for iz in range(mz):
+                for fy, fz in sites:
+                    symbols.append(sym)
+                    positions.append((x, (iy + fy) * by, (iz + fz) * bz))
+    strain = [0.0, sy, sz]
+    return symbols, np.array(positions), strain, nx * A_HFO2
+
+
+def _hfo2_amorphous(spec: DeviceSpec, lengths: np.ndarray, rng: np.random.Generator):
+    """Melt-quenched HfO2 at the spec's density; atoms within [0, thickness - a/4]."""
+    area = lengths[0] * lengths[1]
+    n_fu = spec.hfo2_density_g_cm3 * area * spec.hfo2_thickness_angstrom * 1e-24 * _AVOGADRO
+    n_fu = max(int(round(n_fu / _MASS_HFO2_G_MOL)), 1)
+    width = spec.hfo2_thickness_angstrom - A_HFO2 / 4.0
+    settings = AmorphousSettings(
+        melt_steps=spec.melt_steps,
+        quench_steps=spec.quench_steps,
+        relax_steps=spec.relax_steps,
+        melt_temperature_k=spec.melt_temperature_k,
+    )
+    positions, symbols = amorphous_hfo2_slab(n_fu, width, lengths[0], lengths[1], rng, settings)
+    return symbols, positions, [0.0, 0.0, 0.0], spec.hfo2_thickness_angstrom
+
+
+def _ti_hcp_fit(lengths: np.ndarray):
+    """Best pairing of hcp (a, a sqrt 3) with (y, z): (periods, counts, strains)."""
+    best = None
+    for periods in ((A_TI_HCP, A_TI_HCP * np.sqrt(3.0)), (A_TI_HCP * np.sqrt(3.0), A_TI_HCP)):
+        fits = [_fit(length, period) for length, period in zip(lengths, periods, strict=True)]
+        worst = max(abs(s) for _, s in fits)
+        if best is None or worst < best[0]:
+            best = (worst, periods, fits)
+    return best
+
+
+def _ti_layer(spec: DeviceSpec, ncell: np.ndarray, lengths: np.ndarray):
+    """Ti layer and its phase; the last plane sits in the hollow sites of the next TiN plane."""
+    worst, periods, fits = _ti_hcp_fit(lengths)
+    phase = spec.ti_phase
+    if phase == "auto":
+        phase = "hcp" if worst <= spec.max_strain else "fcc"
+    symbols, positions = [], []
+    if phase == "hcp":
+        if worst > spec.max_strain:
+            raise ValueError(
+                f"DeviceSpec: hcp Ti does not fit the transverse cell {lengths[0]:.3f} x "
+                f"{lengths[1]:.3f} A within max_strain = {spec.max_strain} (worst strain "
+                f"{worst:+.3f}); use ti_phase='fcc' or 'auto'"
+            )
+        (my, sy), (mz, sz) = fits
+        by, bz = lengths[0] / my, lengths[1] / mz
+        # Orthohexagonal cell (a, a sqrt3): A layer (0, 0), (1/2, 1/2);
+        # B layer (1/2, 1/6), (0, 2/3).
+        a_is_y = np.isclose(periods[0], A_TI_HCP)
+        layer_a = [(0.0, 0.0), (0.5, 0.5)]
+        layer_b = [(0.5, 1.0 / 6.0), (0.0, 2.0 / 3.0)]
+        n_planes = max(int(round(spec.ti_thickness_angstrom / (C_TI_HCP / 2.0))), 1)
+        for k in range(n_planes):
+            for fa, fb in layer_a if k % 2 == 0 else layer_b:
+                fy, fz = (fa, fb) if a_is_y else (fb, fa)
+                for iy in range(my):
+                    for iz in range(mz):
+                        symbols.append("Ti")
+                        positions.append((k * C_TI_HCP / 2.0, (iy + fy) * by, (iz + fz) * bz))
+        strain = [0.0, sy, sz]
+        spacing = C_TI_HCP / 2.0
+    else:
+        d = A_TI_FCC / 2.0
+        n_planes = max(int(round(spec.ti_thickness_angstrom / d)), 1)
+        ay, az = lengths / ncell
+        for k in range(n_planes):
+            parity = (n_planes - k) % 2  # last plane: parity 1, hollow sites of TiN plane 0
+            for iy in range(2 * ncell[0]):
+                for iz in range(2 * ncell[1]):
+                    if (iy + iz) % 2 == parity:
+                        symbols.append("Ti")
+                        positions.append((k * d, iy * ay / 2.0, iz * az / 2.0))
+        strain = [0.0, *(lengths / ncell / A_TI_FCC - 1.0)]
+        spacing = d
+    return symbols, np.array(positions), strain, phase, spacing
+
+
+# ----------------------------------------------------------------------------- vacancies
+
+
+def _filament_mask(spec: DeviceSpec, positions: np.ndarray, lengths: np.ndarray, window):
+    """True for O sites inside the filament (cylinder, cone or tilted column along x)."""
+    x_lo, x_hi = window
+    s = np.clip((positions[:, 0] - x_lo) / max(x_hi - x_lo, 1e-9), 0.0, 1.0)
+    c0 = np.array(spec.filament_center) * lengths
+    c1 = np.array(spec.filament_end_center or spec.filament_center) * lengths
+    r0 = spec.filament_radius_angstrom
+    r1 = r0 if spec.filament_end_radius_angstrom is None else spec.filament_end_radius_angstrom
+    centre = c0[None, :] + s[:, None] * (c1 - c0)[None, :]  # [n, 2]
+    d = positions[:, 1:] - centre
+    d -= np.round(d / lengths) * lengths  # minimum image in y, z
+    radius = r0 + s * (r1 - r0)
+    inside = np.einsum("nk,nk->n", d, d) <= radius**2
+    if spec.vacancy_mode == "broken":
+        if spec.gap_side == "tin":
+            inside &= positions[:, 0] > x_lo + spec.gap_angstrom
+        else:
+            inside &= positions[:, 0] < x_hi - spec.gap_angstrom
+    return inside
+
+
+def _choose_vacancies(spec: DeviceSpec, o_positions, lengths, window, rng):
+    """Indices (into o_positions) of removed O and their labels."""
+    n_o = len(o_positions)
+    if spec.vacancy_mode == "none":
+        return np.zeros(0, int), np.zeros(0, "<U10")
+    if spec.vacancy_mode == "random":
+        count = int(round(spec.vacancy_density * n_o))
+        chosen = np.sort(rng.choice(n_o, size=count, replace=False))
+        return chosen, np.full(count, "background")
+    inside = _filament_mask(spec, o_positions, lengths, window)
+    idx_in, idx_out = np.flatnonzero(inside), np.flatnonzero(~inside)
+    n_in = int(round(spec.filament_vacancy_fraction * len(idx_in)))
+    n_out = int(round(spec.vacancy_density * len(idx_out)))
+    chosen_in = rng.choice(idx_in, size=n_in, replace=False) if n_in else np.zeros(0, int)
+    chosen_out = rng.choice(idx_out, size=n_out, replace=False) if n_out else np.zeros(0, int)
+    chosen = np.concatenate([chosen_in, chosen_out]).astype(int)
+    labels = np.array(["filament"] * n_in + ["background"] * n_out, "<U10")
+    order = np.argsort(chosen)
+    return chosen[order], labels[order]
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_min_distance(atoms: ase.Atoms, threshold_angstrom: float) -> None:
+    """Raise ValueError naming the closest pair if two atoms are closer than the threshold.
+
+    Uses the minimum image over the periodic directions of ``atoms``.
+    """
+    nl = vesin.NeighborList(cutoff=float(threshold_angstrom), full_list=False)
+    i, j, d = nl.compute(
+        points=atoms.positions, box=atoms.cell.array, periodic=list(atoms.pbc), quantities="ijd"
+    )
+    close = d < threshold_angstrom
+    if np.any(close):
+        k = np.flatnonzero(close)[np.argmin(d[close])]
+        regions = atoms.arrays.get("region", np.full(len(atoms), "?"))
+        a, b = int(i[k]), int(j[k])
+        raise ValueError(
+            f"device has atoms closer than {threshold_angstrom} Angstrom: "
+            f"{atoms[a].symbol} {a} ({regions[a]}) and {atoms[b].symbol} {b} ({regions[b]}) "
+            f"at {d[k]:.3f} A ({int(np.sum(close))} such pairs); increase "
+            f"interface_gap_angstrom or check the layer settings"
+        )
+
+
+# ----------------------------------------------------------------------------- builder
+
+
+def build_device(spec: DeviceSpec | None = None) -> ase.Atoms:
+    """Build the device described by ``spec`` (see the module docstring for the records).
+
+    Args:
+        spec: device description; None gives ``DeviceSpec()`` (a ~60-atom toy).
+
+    Returns:
+        ase.Atoms with cell diag(Lx, Ly, Lz) Angstrom, pbc (True, True, True), region labels,
+        vacancy sites and strains recorded.
+
+    Raises:
+        ValueError: bad spec, a layer that fits no cell, or atoms closer than
+            ``spec.min_distance_angstrom``.
+    """
+    spec = spec or DeviceSpec()
+    ncell, lengths, tin_strain = _transverse(spec)
+    rng_oxide = np.random.default_rng([spec.seed, 1])
+    rng_rattle = np.random.default_rng([spec.seed, 2])
+    rng_vac = np.random.default_rng([spec.seed, 3])
+
+    d_tin = A_TIN / 2.0
+    tin_left = _tin_layer(spec.tin_left_cells, ncell, lengths)
+    tin_right = _tin_layer(spec.tin_right_cells, ncell, lengths)
+    if spec.oxide == "crystalline":
+        ox_sym, ox_pos, ox_strain, ox_thickness = _hfo2_crystalline(spec, lengths)
+    else:
+        ox_sym, ox_pos, ox_strain, ox_thickness = _hfo2_amorphous(spec, lengths, rng_oxide)
+    ti_sym, ti_pos, ti_strain, ti_phase, ti_spacing = _ti_layer(spec, ncell, lengths)
+
+    gap = spec.interface_gap_angstrom
+    gaps = {"HfO2": gap, "Ti": gap, "TiN_right": 0.5 * (ti_spacing + d_tin)}
+    layers = [
+        ("TiN_left", tin_left[0], tin_left[1]),
+        ("HfO2", ox_sym, ox_pos),
+        ("Ti", ti_sym, ti_pos),
+        ("TiN_right", tin_right[0], tin_right[1]),
+    ]
+    symbols, positions, regions, extents = [], [], [], {}
+    cursor = d_tin / 2.0
+    for name, sym, pos in layers:
+        if name != "TiN_left":
+            cursor += gaps[name]
+        pos = pos.copy()
+        pos[:, 0] += cursor - pos[:, 0].min()
+        extents[name] = [float(pos[:, 0].min()), float(pos[:, 0].max()), len(sym)]
+        cursor = float(pos[:, 0].max())
+        symbols += list(sym)
+        positions.append(pos)
+        regions += [name] * len(sym)
+    lx = cursor + d_tin / 2.0
+    positions = np.concatenate(positions)
+    regions = np.array(regions)
+
+    atoms = ase.Atoms(symbols, positions=positions, cell=np.diag([lx, *lengths]), pbc=True)
+    atoms.arrays["region"] = regions
+    atoms.wrap()
+    if spec.rattle_angstrom > 0:
+        atoms.positions += rng_rattle.normal(scale=spec.rattle_angstrom, size=(len(atoms), 3))
+
+    is_o = (regions == "HfO2") & (atoms.numbers == 8)
+    o_index = np.flatnonzero(is_o)
+    o_sites = atoms.positions[o_index]
+    window = (float(o_sites[:, 0].min()), float(o_sites[:, 0].max()))
+    chosen, labels = _choose_vacancies(spec, o_sites, lengths, window, rng_vac)
+    vacancies = o_sites[chosen].copy()
+    keep = np.ones(len(atoms), bool)
+    keep[o_index[chosen]] = False
+    atoms = atoms[keep]
+
+    ox_mass = np.sum(atoms.get_masses()[atoms.arrays["region"] == "HfO2"]) / _AVOGADRO  # g
+    ox_volume = lengths[0] * lengths[1] * ox_thickness * 1e-24  # cm^3
+    atoms.info.update(
+        {
+            "vacancies": vacancies.reshape(-1, 3),
+            "vacancy_region": labels,
+            "vacancy_mode": spec.vacancy_mode,
+            "strain": {
+                "TiN": [0.0, *map(float, tin_strain)],
+                "HfO2": [float(v) for v in ox_strain],
+                "Ti": [float(v) for v in ti_strain],
+            },
+            "layers": extents,
+            "oxide_window": list(window),
+            "hfo2_density_g_cm3": float(ox_mass / ox_volume),
+            "ti_phase": ti_phase,
+            "oxide": spec.oxide,
+            "seed": int(spec.seed),
+            "spec": spec.to_json(),
+        }
+    )
+    for name, values in atoms.info["strain"].items():
+        worst = max(abs(v) for v in values)
+        if worst > spec.max_strain:  # pragma: no cover - the layer builders check this first
+            raise ValueError(f"DeviceSpec: layer {name} strained by {worst:.3f} > max_strain")
+    check_min_distance(atoms, spec.min_distance_angstrom)
+    return atoms
