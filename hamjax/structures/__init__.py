@@ -17,6 +17,7 @@ from hamjax.structures.device import (
     DeviceSpec,
     build_device,
     check_min_distance,
+    clear_oxide_cache,
     paper_spec,
 )
 from hamjax.structures.output import plot_device, read_device_extxyz, write_device_extxyz
@@ -32,6 +33,7 @@ __all__ = [
     "amorphous_hfo2_slab",
     "build_device",
     "check_min_distance",
+    "clear_oxide_cache",
     "paper_spec",
     "plot_device",
     "read_device_extxyz",
