@@ -112,8 +112,20 @@ def test_amorphous_density_and_chemistry(host):
     assert 1.75 < np.median(d[hf_o & (d < 2.6)]) < 2.35
     coordination = np.bincount(i[hf_o & (d < 2.6)], minlength=len(sub))[z == 72]
     assert 4.5 < coordination.mean() < 8.0
-    assert d[(z[i] == 8) & (z[j] == 8)].min() > 2.1
+    assert d[(z[i] == 8) & (z[j] == 8)].min() > 2.0
     assert d[(z[i] == 72) & (z[j] == 72)].min() > 2.9
+
+
+def test_interfaces_are_oxygen_terminated(host):
+    """Across each oxide interface the closest contacts are O-metal bonds (~2 A); Hf stays
+    further away (>= 2.4 A) from the electrode and Ti atoms."""
+    i, j, d = neighbor_list("ijd", host, 3.0)
+    region = host.arrays["region"]
+    cross = (region[i] == "HfO2") & (region[j] != "HfO2")
+    z = host.numbers
+    assert 1.8 < d[cross & (z[i] == 8)].min() < 2.3
+    hf_contacts = d[cross & (z[i] == 72)]
+    assert len(hf_contacts) == 0 or hf_contacts.min() > 2.4
 
 
 def test_random_vacancy_count():

@@ -24,7 +24,8 @@ Potential (energies in eV, distances in Angstrom), summed over pairs::
   as with a long cutoff (12 A, alpha = 0.2) and as the experimental fluorite lattice constant
   (tested); shorter-ranged settings such as 6 A with alpha = 0.25 shrink it to 4.88 A.
 * The slab is confined to 0 <= x <= width by harmonic walls (the electrodes that sandwich it
-  in the device are not part of this model) and is periodic along y and z.
+  in the device are not part of this model) and is periodic along y and z. Hf sees walls
+  0.5 A further in, so both faces are O-terminated.
 
 Protocol (NVT, velocity Verlet, 1 fs, Berendsen thermostat): a random packing at the target
 density (uniform positions, overlaps pushed apart by soft spheres), FIRE relaxation,
@@ -79,6 +80,9 @@ class AmorphousSettings:
         melt_temperature_k: melt temperature in kelvin.
         cutoff_angstrom: pair cutoff (Buckingham and DSF Coulomb).
         dsf_alpha: DSF damping in 1 / Angstrom.
+        cation_margin_angstrom: Hf is kept this much further from the walls than O, so both
+            faces of the slab are O-terminated (as assumed for TiN/HfO2 and Ti/HfO2 contacts)
+            and Hf stays >= gap + margin from the electrode planes.
     """
 
     def __init__(
@@ -89,6 +93,7 @@ class AmorphousSettings:
         melt_temperature_k: float = 4000.0,
         cutoff_angstrom: float = 6.0,
         dsf_alpha: float = 0.4,
+        cation_margin_angstrom: float = 0.5,
     ):
         self.melt_steps = int(melt_steps)
         self.quench_steps = int(quench_steps)
@@ -96,6 +101,7 @@ class AmorphousSettings:
         self.melt_temperature_k = float(melt_temperature_k)
         self.cutoff_angstrom = float(cutoff_angstrom)
         self.dsf_alpha = float(dsf_alpha)
+        self.cation_margin_angstrom = float(cation_margin_angstrom)
 
 
 def _pair_terms(r, si, sj, cutoff_angstrom, dsf_alpha):
@@ -206,10 +212,12 @@ class _ForceField:
         return self.incidence @ (coef[:, None] * vec)
 
 
-def _wall(positions: np.ndarray, width: float, k: float = 20.0) -> tuple[float, np.ndarray]:
+def _wall(positions: np.ndarray, bounds, k: float = 20.0) -> tuple[float, np.ndarray]:
+    """Harmonic walls: per-atom allowed range bounds = (lo [n], hi [n]) along x, Angstrom."""
+    lo, hi = bounds
     x = positions[:, 0]
-    low = np.minimum(x, 0.0)
-    high = np.maximum(x - width, 0.0)
+    low = np.minimum(x - lo, 0.0)
+    high = np.maximum(x - hi, 0.0)
     forces = np.zeros_like(positions)
     forces[:, 0] = -k * low - k * high
     return 0.5 * k * float(np.sum(low**2 + high**2)), forces
@@ -250,13 +258,13 @@ def _random_packing(
     return positions, species
 
 
-def _fire(positions, species, force_field, width, steps, max_step=0.2):
+def _fire(positions, species, force_field, bounds, steps, max_step=0.2):
     """FIRE minimisation (Bitzek et al., PRL 97, 170201 (2006)) in fs / amu units."""
     dt, dt_max, alpha, n_pos = 0.5, 2.0, 0.1, 0
     vel = np.zeros_like(positions)
     masses = _MASS_AMU[species][:, None]
     for _ in range(steps):
-        f = force_field(positions) + _wall(positions, width)[1]
+        f = force_field(positions) + _wall(positions, bounds)[1]
         power = float(np.sum(f * vel))
         if power > 0:
             fnorm = np.linalg.norm(f) + 1e-30
@@ -277,7 +285,7 @@ def _fire(positions, species, force_field, width, steps, max_step=0.2):
     return positions
 
 
-def _md(positions, species, force_field, width, settings, rng):
+def _md(positions, species, force_field, bounds, settings, rng):
     """Velocity Verlet (1 fs) with a Berendsen thermostat (tau 20 fs): melt, then quench."""
     n = len(positions)
     masses = _MASS_AMU[species][:, None]
@@ -291,7 +299,7 @@ def _md(positions, species, force_field, width, settings, rng):
     vel = rng.normal(size=(n, 3)) * np.sqrt(_KB_EV_K * t_melt / masses * _ACCEL)
 
     def forces(p):
-        return force_field(p) + _wall(p, width)[1]
+        return force_field(p) + _wall(p, bounds)[1]
 
     f = forces(positions)
     for target in schedule:
@@ -317,7 +325,8 @@ def amorphous_hfo2_slab(
 
     Args:
         n_hf: number of Hf atoms (O atoms: 2 n_hf).
-        width_angstrom: the atoms end up with 0 <= x <= width.
+        width_angstrom: the atoms end up with 0 <= x <= width (Hf at least
+            ``settings.cation_margin_angstrom`` inside).
         ly_angstrom, lz_angstrom: transverse periodic lengths.
         rng: random generator (the only source of randomness).
         settings: melt-quench settings; None gives the defaults of ``AmorphousSettings``.
@@ -329,10 +338,13 @@ def amorphous_hfo2_slab(
     positions, species = _random_packing(n_hf, width_angstrom, ly_angstrom, lz_angstrom, rng)
     box = np.diag([width_angstrom + settings.cutoff_angstrom + 10.0, ly_angstrom, lz_angstrom])
     force_field = _ForceField(species, box, settings)
-    positions = _fire(positions, species, force_field, width_angstrom, settings.relax_steps)
-    positions = _md(positions, species, force_field, width_angstrom, settings, rng)
-    positions = _fire(positions, species, force_field, width_angstrom, settings.relax_steps)
-    positions[:, 0] = np.clip(positions[:, 0], 0.0, width_angstrom)
+    margin = min(settings.cation_margin_angstrom, width_angstrom / 4.0)
+    lo = np.where(species == 0, margin, 0.0)
+    bounds = (lo, width_angstrom - lo)
+    positions = _fire(positions, species, force_field, bounds, settings.relax_steps)
+    positions = _md(positions, species, force_field, bounds, settings, rng)
+    positions = _fire(positions, species, force_field, bounds, settings.relax_steps)
+    positions[:, 0] = np.clip(positions[:, 0], *bounds)
     positions[:, 1] %= ly_angstrom
     positions[:, 2] %= lz_angstrom
     return positions, ["Hf"] * n_hf + ["O"] * (2 * n_hf)

@@ -416,7 +416,11 @@ def _ti_hcp_fit(lengths: np.ndarray):
 
 
 def _ti_layer(spec: DeviceSpec, ncell: np.ndarray, lengths: np.ndarray):
-    """Ti layer and its phase; the last plane sits in the hollow sites of the next TiN plane."""
+    """Ti layer, its phase, strain and plane spacing.
+
+    fcc: the layer continues the Ti sublattice of the rock salt, so its last plane sits above
+    the N atoms of the first TiN_right plane (as Ti does inside TiN).
+    """
     worst, periods, fits = _ti_hcp_fit(lengths)
     phase = spec.ti_phase
     if phase == "auto":
@@ -451,7 +455,7 @@ def _ti_layer(spec: DeviceSpec, ncell: np.ndarray, lengths: np.ndarray):
         n_planes = max(int(round(spec.ti_thickness_angstrom / d)), 1)
         ay, az = lengths / ncell
         for k in range(n_planes):
-            parity = (n_planes - k) % 2  # last plane: parity 1, hollow sites of TiN plane 0
+            parity = (n_planes - k) % 2  # last plane: parity 1, above the N of TiN plane 0
             for iy in range(2 * ncell[0]):
                 for iz in range(2 * ncell[1]):
                     if (iy + iz) % 2 == parity:

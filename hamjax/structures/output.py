@@ -66,9 +66,9 @@ def plot_device(atoms: ase.Atoms, path: str | os.PathLike, *, title: str | None 
                 linewidths=1.4,
                 label=f"O vacancy ({len(vac)})",
             )
-        for name, extent in atoms.info.get("layers", {}).items():
-            if name != "TiN_left":
-                ax.axvline(extent[0] - 0.5 * 2.0, color="k", lw=0.6, ls="--")
+        extents = list(atoms.info.get("layers", {}).values())
+        for before, after in zip(extents[:-1], extents[1:], strict=False):
+            ax.axvline(0.5 * (before[1] + after[0]), color="k", lw=0.6, ls="--")
         ax.set_xlim(0, cell[0])
         ax.set_ylim(0, cell[axis])
         ax.set_aspect("equal")
