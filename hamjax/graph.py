@@ -94,7 +94,7 @@ class Graph:
     @cached_property
     def shift_vectors(self) -> np.ndarray:
         """``shifts @ cell``, ``[n_edge, 3]`` Angstrom."""
-        return self.shifts.astype(float) @ np.asarray(self.cell, dtype=float)
+        return _shift_vectors(self.shifts, self.cell)
 
     @cached_property
     def edge_vectors(self) -> np.ndarray:
@@ -135,6 +135,11 @@ class Graph:
 
 
 # ---------------------------------------------------------------------------- building
+def _shift_vectors(shifts: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """``shifts @ cell`` in float64 (einsum: much faster than matmul for a 3 x 3 cell)."""
+    return np.einsum("ex,xy->ey", shifts.astype(np.float64), np.asarray(cell, dtype=np.float64))
+
+
 def _structure_arrays(atoms):
     """numbers, positions, cell, pbc of an ``ase.Atoms`` or a ``BlockHamiltonian``."""
     if hasattr(atoms, "get_atomic_numbers"):
@@ -282,18 +287,21 @@ def build_graph(
     else:
         import vesin
 
-        # Search slightly wider than the cutoff, then decide with a distance that is bitwise
-        # symmetric under (i, j, S) -> (j, i, -S), so that every edge has its reverse.
+        # Search slightly wider than the cutoff. Pairs whose distance is within 1e-9 of their
+        # cutoff are decided with a distance that is bitwise symmetric under
+        # (i, j, S) -> (j, i, -S), so that every edge has its reverse.
         search = vesin.NeighborList(cutoff=rmax * (1 + 1e-9) + 1e-9, full_list=True)
         box = cell if pbc.any() else np.zeros((3, 3))
-        i, j, shifts = search.compute(positions, box, pbc, quantities="ijS")
+        i, j, shifts, lengths = search.compute(positions, box, pbc, quantities="ijSd")
         senders = i.astype(np.int64)
         receivers = j.astype(np.int64)
         shifts = shifts.astype(np.int64).reshape(-1, 3)
-        shifts[:, ~pbc] = 0
-        vectors = (positions[receivers] - positions[senders]) + shifts.astype(float) @ cell
-        lengths = np.sqrt(np.einsum("ex,ex->e", vectors, vectors))
         limit = rmax if table is None else table[numbers[senders], numbers[receivers]]
+        border = np.flatnonzero(np.abs(lengths - limit) <= 1e-9 * (1.0 + limit))
+        if len(border):
+            s, r = senders[border], receivers[border]
+            vec = (positions[r] - positions[s]) + _shift_vectors(shifts[border], cell)
+            lengths[border] = np.sqrt(np.einsum("ex,ex->e", vec, vec))
         keep = lengths < limit
         # (i, i, 0) is the node, never an edge.
         keep &= ~((senders == receivers) & ~shifts.any(axis=1))
@@ -314,16 +322,19 @@ def build_graph(
                 f"{what} are {lengths[e]:.3f} Angstrom apart (cell shift {shifts[e].tolist()}), "
                 f"closer than min_distance={min_distance}; {len(close) // 2 or 1} such pair(s)"
             )
-        # sort by (sender, receiver, shift) through one mixed-radix key
-        span = int(np.abs(shifts).max(initial=0))
-        key = _edge_keys(senders, receivers, shifts, n_node, span)
-        order = np.argsort(key)
-        senders, receivers, shifts = senders[order], receivers[order], shifts[order]
-
-    reverse = reverse_index(senders, receivers, shifts, n_node, presorted=True)
-    if (reverse < 0).any():  # cannot happen with a symmetric cutoff; guard the invariant
-        e = int(np.flatnonzero(reverse < 0)[0])
-        raise RuntimeError(f"edge {e} ({senders[e]} -> {receivers[e]}) has no reverse edge")
+    # Sort by (sender, receiver, shift) through one mixed-radix key. The keys of the reversed
+    # edges (j, i, -S) are the same set, so sorting them too pairs every edge with its reverse.
+    span = int(np.abs(shifts).max(initial=0))
+    key = _edge_keys(senders, receivers, shifts, n_node, span)
+    order = np.argsort(key)
+    senders, receivers, shifts, key = senders[order], receivers[order], shifts[order], key[order]
+    reverse_key = _edge_keys(receivers, senders, -shifts, n_node, span)
+    by_reverse = np.argsort(reverse_key)
+    if not np.array_equal(reverse_key[by_reverse], key):
+        # cannot happen with a symmetric cutoff; guard the invariant
+        raise RuntimeError("the neighbour list is not symmetric: an edge has no reverse edge")
+    reverse = np.empty(len(key), dtype=np.int64)
+    reverse[by_reverse] = np.arange(len(key))
     if isolated == "error" and n_node:
         lonely = np.flatnonzero(np.bincount(senders, minlength=n_node) == 0)
         if len(lonely):

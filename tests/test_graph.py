@@ -10,7 +10,7 @@ from ase.neighborlist import neighbor_list
 
 from hamjax.basis import Basis
 from hamjax.blocks import BlockHamiltonian
-from hamjax.graph import build_graph, fold_gamma, gather_targets, max_orbitals
+from hamjax.graph import build_graph, fold_gamma, gather_targets, max_orbitals, reverse_index
 
 BASIS = Basis.from_dict("test", {"Hf": (0, 0, 1, 2), "O": (0, 1), "Ti": (2, 0, 1), "N": (0, 1)})
 
@@ -255,3 +255,28 @@ def test_missing_reference_blocks_are_masked():
     t = gather_targets(graph, record)
     np.testing.assert_array_equal(t.edge_mask, graph.edge_lengths < 4.0)
     assert not t.edge_hamiltonian[~t.edge_mask].any()
+
+
+def test_pair_exactly_at_cutoff_is_excluded_in_both_directions():
+    atoms = rattled_fluorite(seed=5)
+    ref = build_graph(atoms, 4.0)
+    cutoff = float(ref.edge_lengths[17])  # a distance that occurs in the structure
+    graph = build_graph(atoms, cutoff)  # the reverse-edge guard would raise if asymmetric
+    assert np.all(graph.edge_lengths < cutoff)
+    assert graph.n_edge == int(np.sum(ref.edge_lengths < cutoff))
+    two = Atoms("H2", positions=[[0, 0, 0], [2.0, 0, 0]])
+    assert build_graph(two, 2.0).n_edge == 0 and build_graph(two, 2.0 + 1e-6).n_edge == 2
+
+
+def test_reverse_index_and_record_input():
+    atoms = rattled_fluorite((1, 1, 1))
+    record, _ = random_record(atoms, 4.0)
+    graph = build_graph(record, 4.0)  # a BlockHamiltonian works as input too
+    assert edge_dict(graph).keys() == edge_dict(build_graph(atoms, 4.0)).keys()
+    np.testing.assert_array_equal(
+        reverse_index(graph.senders, graph.receivers, graph.shifts, graph.n_node), graph.reverse
+    )
+    drop = graph.reverse[0]
+    keep = np.arange(graph.n_edge) != drop
+    rev = reverse_index(graph.senders[keep], graph.receivers[keep], graph.shifts[keep], 3)
+    assert rev[0] == -1 and (rev[1:] >= 0).all()
