@@ -17,6 +17,12 @@ Potential (energies in eV, distances in Angstrom), summed over pairs::
   contraction) and HfO2/ZrO2 share their polymorphs and lattice constants within 1%, so the
   Zr-O term is used for Hf-O, a common transfer for hafnia. Hf-Hf: Coulomb only.
 * Charges: formal, Hf +4 e, O -2 e.
+* Hard core (added here, not part of the published model): k (r0 - r)^2 for r < r0 with
+  k = 20 eV/A^2, r0 = 1.85 A (Hf-O) and 2.25 A (O-O). With formal charges, an O bound to a
+  single Hf (common at the slab faces) is pulled to ~1.6 A, shorter than any Hf-O bond in
+  hafnia (2.0-2.3 A in the crystals, ~1.75 A for a terminal Hf=O); the core stops that and
+  the O-O contacts below ~2.2 A that a picosecond quench leaves. Crystalline distances
+  (Hf-O >= 2.0 A, O-O >= 2.5 A) are beyond r0, so bulk fluorite is unchanged.
 * Coulomb: damped shifted force (DSF) of Fennell and Gezelter, J. Chem. Phys. 124, 234104
   (2006), damping alpha = 0.4 / A, cutoff 6 A: pairwise, linear in N, smooth at the cutoff,
   and it works in slabs (periodic in y, z only) where Ewald sums would need corrections.
@@ -68,6 +74,9 @@ HFO2_PAIR_POTENTIAL = {
 _A = np.array([[0.0, 985.869], [985.869, 22764.0]])
 _RHO = np.array([[1.0, 0.376], [0.376, 0.149]])
 _C6 = np.array([[0.0, 0.0], [0.0, 27.88]])
+# Hard-core correction k (r0 - r)^2 for r < r0 (added to the published model, see docstring).
+_CORE_R0 = np.array([[0.0, 1.85], [1.85, 2.25]])  # Angstrom
+_CORE_K = 20.0  # eV / Angstrom^2
 
 
 class AmorphousSettings:
@@ -111,6 +120,9 @@ def _pair_terms(r, si, sj, cutoff_angstrom, dsf_alpha):
     rep = a * np.exp(-r / rho)
     energy = rep - c6 / r**6
     slope = -rep / rho + 6.0 * c6 / r**7
+    core = np.maximum(_CORE_R0[si, sj] - r, 0.0)
+    energy = energy + _CORE_K * core**2
+    slope = slope - 2.0 * _CORE_K * core
     rc, al = cutoff_angstrom, dsf_alpha
     erfc_rc = erfc(al * rc)
     shift_f = erfc_rc / rc**2 + 2.0 * al / np.sqrt(np.pi) * np.exp(-((al * rc) ** 2)) / rc
@@ -212,7 +224,7 @@ class _ForceField:
         return self.incidence @ (coef[:, None] * vec)
 
 
-def _wall(positions: np.ndarray, bounds, k: float = 20.0) -> tuple[float, np.ndarray]:
+def _wall(positions: np.ndarray, bounds, k: float = 100.0) -> tuple[float, np.ndarray]:
     """Harmonic walls: per-atom allowed range bounds = (lo [n], hi [n]) along x, Angstrom."""
     lo, hi = bounds
     x = positions[:, 0]
@@ -325,8 +337,9 @@ def amorphous_hfo2_slab(
 
     Args:
         n_hf: number of Hf atoms (O atoms: 2 n_hf).
-        width_angstrom: the atoms end up with 0 <= x <= width (Hf at least
-            ``settings.cation_margin_angstrom`` inside).
+        width_angstrom: the atoms end up with 0 <= x <= width, up to the small overshoot
+            that the stiff harmonic walls (100 eV/A^2) allow (Hf at least
+            ``settings.cation_margin_angstrom`` further inside).
         ly_angstrom, lz_angstrom: transverse periodic lengths.
         rng: random generator (the only source of randomness).
         settings: melt-quench settings; None gives the defaults of ``AmorphousSettings``.
@@ -344,7 +357,6 @@ def amorphous_hfo2_slab(
     positions = _fire(positions, species, force_field, bounds, settings.relax_steps)
     positions = _md(positions, species, force_field, bounds, settings, rng)
     positions = _fire(positions, species, force_field, bounds, settings.relax_steps)
-    positions[:, 0] = np.clip(positions[:, 0], *bounds)
     positions[:, 1] %= ly_angstrom
     positions[:, 2] %= lz_angstrom
     return positions, ["Hf"] * n_hf + ["O"] * (2 * n_hf)

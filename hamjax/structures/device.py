@@ -13,10 +13,11 @@ barely converges. The oxide and the Ti layer are fitted to the electrode cell in
   transverse cell at the density of amorphous hafnia (9.7 g/cm^3 by default; monoclinic HfO2 is
   9.68, films 9-10), see :mod:`hamjax.structures.amorphous`. It fits any transverse cell with
   zero strain, so toy training devices and paper-size test devices share one kind of oxide,
-  and the paper's devices also use amorphous HfO2.
+  and the paper's devices also use amorphous HfO2. Both faces are O-terminated.
 * HfO2, ``oxide="crystalline"``: fluorite (cubic) HfO2 with (100) planes along x, m cells
   across each transverse length; allowed only when the strain is within ``max_strain``
-  (6 TiN cells = 25.44 A against 5 HfO2 cells = 25.40 A: +0.16%). Along x it keeps a = 5.08.
+  (6 TiN cells = 25.44 A against 5 HfO2 cells = 25.40 A: +0.16%). Along x it keeps a = 5.08
+  and stacks O, Hf, O, Hf planes (a/4 apart): an O plane faces TiN_left, a Hf plane the Ti.
 * Ti, ``ti_phase="hcp"``: hcp Ti (a = 2.95, c = 4.68 A) with c along x (basal planes parallel to
   the interfaces, the usual texture of Ti films) and the orthohexagonal axes a and a*sqrt(3)
   along y and z (whichever pairing strains less). ``ti_phase="fcc"``: a pseudomorphic fcc Ti
@@ -32,7 +33,14 @@ spacing from the cell boundary); each interface has a plane-to-plane gap
 ends half a TiN plane spacing after the last TiN_right plane, so across the periodic x boundary
 TiN_right continues TiN_left as perfect rock salt (both electrodes have whole cells, starting
 with the same plane parity). The cell is periodic in all three directions; set
-``atoms.pbc[0] = False`` for an open-boundary cluster along x.
+``atoms.pbc[0] = False`` for an open-boundary cluster along x. Every device is checked for
+atoms closer than ``min_distance_angstrom`` (periodic images included) before it is returned.
+
+Vacancy shapes (only O of the oxide is removed): "random" picks a fraction of the O sites;
+"filament" removes O inside a column along x that spans the oxide from its TiN_left face to
+its Ti face, a cylinder, a cone (``filament_end_radius_angstrom``) or a tilted column
+(``filament_end_center``), the shapes needed for different filaments; "broken" is the same
+column with a length ``gap_angstrom`` of intact oxide at one end (``gap_side``).
 
 Randomness: ``numpy.random.default_rng([seed, stream])`` with one stream per stage (oxide,
 rattle, vacancies), so the same seed gives the same atoms, and two specs that differ only in
@@ -45,9 +53,11 @@ Records on the returned ``ase.Atoms``:
 * ``info["vacancies"]``: [n_vac, 3] float, Angstrom, positions of the removed O atoms.
 * ``info["vacancy_region"]``: per vacancy, "filament" or "background".
 * ``info["strain"]``: {layer: [eps_x, eps_y, eps_z]}.
-* ``info["layers"]``: {region: [x_min, x_max, n_atoms]} (atom positions before rattling).
+* ``info["layers"]``: {region: [x_min, x_max, n_atoms]} (before rattling and vacancies).
 * ``info["oxide_window"]``: [x_lo, x_hi] of the oxide's O sites, Angstrom.
-* ``info["hfo2_density_g_cm3"]``, ``info["ti_phase"]``, ``info["oxide"]``, ``info["seed"]``,
+* ``info["hfo2_density_g_cm3"]``: oxide mass (after vacancies) over transverse area times
+  the oxide thickness (crystalline: whole cells).
+* ``info["ti_phase"]``, ``info["oxide"]``, ``info["seed"]``,
   ``info["spec"]`` (the spec as a JSON string; :func:`DeviceSpec.from_json` restores it).
 """
 
@@ -117,7 +127,7 @@ class DeviceSpec:
         ti_phase: "auto", "hcp" or "fcc" (see the module docstring).
         hfo2_density_g_cm3: density of the amorphous oxide.
         melt_steps, quench_steps, relax_steps: melt-quench MD (1 fs steps) and FIRE steps of
-            the amorphous oxide; all zero gives the relaxed-free random packing.
+            the amorphous oxide; all zero leaves the unrelaxed random packing.
         melt_temperature_k: melt temperature, kelvin.
         rattle_angstrom: standard deviation of a Gaussian displacement of every atom.
         interface_gap_angstrom: plane-to-plane distance at both oxide interfaces.
