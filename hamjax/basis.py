@@ -243,13 +243,6 @@ def orbital_permutation(
     return perm, signs
 
 
-def _signed_permutation_matrix(perm: np.ndarray, signs: np.ndarray):
-    import scipy.sparse
-
-    n = len(perm)
-    return scipy.sparse.csr_matrix((signs, (np.arange(n), perm)), shape=(n, n))
-
-
 def to_hamjax_order(matrix, basis: Basis, numbers: Iterable[int], source: str):
     """Reorder a matrix (or stack of matrices) in ``source`` orbital order into hamjax order.
 
@@ -280,8 +273,14 @@ def _apply(matrix, perm, signs):
     if scipy.sparse.issparse(matrix):
         if matrix.shape != (n, n):
             raise ValueError(f"matrix is {matrix.shape}; the basis gives {n} orbitals")
-        p = _signed_permutation_matrix(perm, signs)
-        return (p @ matrix @ p.T).asformat(matrix.format)
+        # index mapping on the stored entries (keeps explicit zeros, unlike a product)
+        coo = scipy.sparse.coo_matrix(matrix)
+        inverse = np.empty_like(perm)
+        inverse[perm] = np.arange(n)
+        rows, cols = inverse[coo.row], inverse[coo.col]
+        values = coo.data * (signs[rows] * signs[cols]).astype(coo.dtype, copy=False)
+        out = scipy.sparse.coo_matrix((values, (rows, cols)), shape=(n, n))
+        return out.asformat(matrix.format)
     matrix = np.asarray(matrix)
     if matrix.shape[-2:] != (n, n):
         raise ValueError(f"matrix is {matrix.shape}; the basis gives {n} orbitals")

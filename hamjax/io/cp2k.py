@@ -1,0 +1,706 @@
+"""Read and write CP2K Kohn-Sham and overlap matrices (``KS_CSR_WRITE`` / ``S_CSR_WRITE``).
+
+File format (from CP2K's CSR writer)
+    No header; one record per stored element: ``row col value`` with 1-based global orbital
+    indices. Text: ``(2(I8),E23.14E3)`` per line. Binary (``BINARY T``): Fortran unformatted
+    sequential records ``[int32 16][int32 row][int32 col][float64 value][int32 16]``
+    (little-endian). With ``UPPER_TRIANGULAR T`` only ``row <= col`` is written and the reader
+    mirrors the rest. Values in Hartree (KS) or dimensionless (S). Orbitals: atoms in input
+    order, shells as in the basis set, each shell ``m = -l..l`` (``p`` as y, z, x); CP2K's
+    order equals hamjax's (:data:`hamjax.basis.ORBITAL_CONVENTIONS`, proven by rotation).
+
+Files and the log
+    A Gamma-point run writes ``PROJECT-KS_SPIN_1-1_0.csr`` and ``PROJECT-S_SPIN_1-1_0.csr``.
+    ``REAL_SPACE T`` writes one file per cell image, ``PROJECT-KS_SPIN_1_R_<n>-1_0.csr``,
+    and only the log tells which lattice vector image ``n`` is, in a table after the line
+    ``KS CSR write|  N periodic images`` (columns ``Number X Y Z``; likewise ``S CSR write|``).
+    Image ``(X, Y, Z)`` holds ``<mu(0)|H|nu(X, Y, Z)>``: the row orbital in the home cell, the
+    column orbital in the cell shifted by ``X a + Y b + Z c``, which is hamjax's block
+    convention ``(i, j, shift)``. The per-kind shells (``Atomic kind`` sections of a
+    ``PRINT_LEVEL MEDIUM`` log), the coordinates, the cell and its periodicity, the Fermi
+    energy and the CP2K version are parsed from the same log. The real fixtures of this
+    project are Gamma-point runs; the real-space path is tested on a synthetic log and
+    files written to CP2K's layout.
+
+Errors name the file and the line (text) or record (binary).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse
+from ase.data import atomic_numbers
+
+from hamjax.basis import Basis, from_hamjax_order, to_hamjax_order
+from hamjax.blocks import BlockHamiltonian
+
+__all__ = [
+    "Cp2kLog",
+    "parse_cp2k_log",
+    "read_cp2k",
+    "read_csr",
+    "write_cp2k",
+    "write_csr",
+]
+
+_BINARY_DTYPE = np.dtype(
+    [("head", "<i4"), ("row", "<i4"), ("col", "<i4"), ("value", "<f8"), ("tail", "<i4")]
+)
+_L_OF = {"s": 0, "p": 1, "d": 2, "f": 3, "g": 4, "h": 5, "i": 6}
+
+
+# ------------------------------------------------------------------------------- the log
+@dataclass
+class Cp2kLog:
+    """What hamjax takes from a CP2K output log.
+
+    Attributes:
+        path: the log file.
+        project: ``GLOBAL| Project name``.
+        version: CP2K version string, e.g. "CP2K version 2023.1".
+        kinds: kind name -> element symbol.
+        kind_shells: kind name -> shells (list of l) in CP2K order.
+        kind_orbitals: kind name -> number of spherical basis functions.
+        kind_basis: kind name -> orbital basis set name.
+        symbols, kind_of_atom: per atom (input order).
+        positions: ``[n_atoms, 3]`` Angstrom (6 decimals in the log).
+        cell: ``[3, 3]`` Angstrom, rows are lattice vectors.
+        pbc: ``[3]`` bool from ``CELL| Periodicity``.
+        fermi_level: last ``Fermi energy:`` in Hartree, or None.
+        images: ``{"KS": {n: (X, Y, Z)}, "S": {...}}`` for REAL_SPACE runs.
+    """
+
+    path: Path
+    project: str | None = None
+    version: str | None = None
+    kinds: dict[str, str] = field(default_factory=dict)
+    kind_shells: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    kind_orbitals: dict[str, int] = field(default_factory=dict)
+    kind_basis: dict[str, str] = field(default_factory=dict)
+    symbols: list[str] = field(default_factory=list)
+    kind_of_atom: list[str] = field(default_factory=list)
+    positions: np.ndarray | None = None
+    cell: np.ndarray | None = None
+    pbc: np.ndarray | None = None
+    fermi_level: float | None = None
+    images: dict[str, dict[int, tuple[int, int, int]]] = field(default_factory=dict)
+
+    @property
+    def numbers(self) -> np.ndarray:
+        return np.array([atomic_numbers[s] for s in self.symbols], dtype=int)
+
+    def basis(self) -> Basis:
+        """hamjax basis of the run (one shell list per element; raises if kinds disagree)."""
+        if not self.kind_shells:
+            raise ValueError(
+                f"{self.path}: no per-kind basis listing found (run CP2K with PRINT_LEVEL "
+                "MEDIUM, or pass basis= to read_cp2k)"
+            )
+        shells: dict[int, tuple[int, ...]] = {}
+        names = set()
+        for kind, ls in self.kind_shells.items():
+            z = atomic_numbers[self.kinds[kind]]
+            if z in shells and shells[z] != ls:
+                raise ValueError(
+                    f"{self.path}: two kinds of element {self.kinds[kind]} have different "
+                    f"basis shells ({shells[z]} and {ls}); hamjax keys the basis by element"
+                )
+            shells[z] = ls
+            names.add(self.kind_basis.get(kind, "unknown"))
+        return Basis.from_dict("cp2k:" + "+".join(sorted(names)), shells)
+
+    def orbital_counts(self) -> np.ndarray:
+        """Orbitals per atom from the log, ``[n_atoms]``."""
+        return np.array([self.kind_orbitals[k] for k in self.kind_of_atom], dtype=int)
+
+
+_KIND_RE = re.compile(r"^\s*\d+\.\s+Atomic kind:\s+(\S+)\s+Number of atoms:\s+(\d+)")
+_SHELL_RE = re.compile(r"^\s+(\d+)\s+(\d+)\s+\d+([a-z])\S*\s+[-+0-9.Ee]+\s+[-+0-9.Ee]+\s*$")
+_IMAGES_RE = re.compile(r"^\s*(KS|S)\s+CSR write\|\s*(\d+)\s+periodic images")
+
+
+def parse_cp2k_log(path: str | os.PathLike) -> Cp2kLog:
+    """Parse a CP2K output log (kinds, shells, atoms, cell, Fermi level, image tables)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"CP2K log {path} not found")
+    lines = path.read_text(errors="replace").splitlines()
+    log = Cp2kLog(path=path)
+    kind = None
+    in_orbitals = False
+    seen_shells: dict[str, list[tuple[int, int]]] = {}
+    kind_order: list[str] = []
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        number = index + 1
+        index += 1
+        if "GLOBAL| Project name" in line:
+            log.project = line.split()[-1]
+        elif "CP2K| version string:" in line:
+            log.version = line.split(":", 1)[1].strip()
+        elif match := _KIND_RE.match(line):
+            kind = match.group(1)
+            kind_order.append(kind)
+            log.kinds[kind] = re.sub(r"[^A-Za-z].*$", "", kind) or kind
+            seen_shells[kind] = []
+            in_orbitals = False
+        elif kind is not None and "Orbital Basis Set" in line:
+            log.kind_basis[kind] = line.split()[-1]
+        elif kind is not None and "Number of spherical basis functions:" in line:
+            log.kind_orbitals[kind] = _int_field(line.split()[-1], path, number)
+        elif kind is not None and "Normalised Cartesian orbitals" in line:
+            in_orbitals = True
+        elif kind is not None and in_orbitals and (match := _SHELL_RE.match(line)):
+            key = (int(match.group(1)), int(match.group(2)))
+            letter = match.group(3)
+            if letter not in _L_OF:
+                raise ValueError(f"{path}:{number}: unknown shell letter {letter!r}")
+            if not seen_shells[kind] or seen_shells[kind][-1][0] != key:
+                seen_shells[kind].append((key, _L_OF[letter]))
+        elif in_orbitals and (
+            "Atomic covalent radius" in line or "GTH Potential" in line or "Atomic kind" in line
+        ):
+            in_orbitals = False
+        elif "MODULE QUICKSTEP: ATOMIC COORDINATES IN ANGSTROM" in line:
+            index = _parse_coordinates(lines, index, log, kind_order)
+        elif line.strip().startswith("CELL| Vector a [angstrom]"):
+            log.cell = np.array(
+                [_vector(lines[index - 1 + k], path, number + k) for k in range(3)], dtype=float
+            )
+        elif line.strip().startswith("CELL| Periodicity"):
+            word = line.split()[-1].upper()
+            log.pbc = (
+                np.array([axis in word for axis in "XYZ"]) if word != "NONE" else np.zeros(3, bool)
+            )
+        elif "Fermi energy:" in line:
+            log.fermi_level = float(line.split()[-1])
+        elif match := _IMAGES_RE.match(line):
+            label, count = match.group(1), int(match.group(2))
+            index = _parse_images(lines, index, count, label, log)
+    for kind, shells in seen_shells.items():
+        if shells:
+            log.kind_shells[kind] = tuple(l for _, l in shells)
+            n = sum(2 * l + 1 for l in log.kind_shells[kind])
+            if kind in log.kind_orbitals and log.kind_orbitals[kind] != n:
+                raise ValueError(
+                    f"{path}: kind {kind}: the shell listing gives {n} spherical functions but "
+                    f"the log states {log.kind_orbitals[kind]}"
+                )
+    return log
+
+
+def _int_field(text, path, number) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{path}:{number}: expected an integer, got {text!r}") from None
+
+
+def _vector(line, path, number) -> list[float]:
+    words = line.split(":", 1)[-1].split()
+    try:
+        return [float(w) for w in words[:3]]
+    except ValueError:
+        raise ValueError(
+            f"{path}:{number}: cannot read a cell vector from {line.strip()!r}"
+        ) from None
+
+
+def _parse_coordinates(lines, index, log, kind_order) -> int:
+    symbols, kinds, positions = [], [], []
+    while index < len(lines) and not lines[index].strip().startswith("Atom"):
+        index += 1
+    index += 1
+    while index < len(lines) and lines[index].strip():
+        words = lines[index].split()
+        try:
+            kind_index = int(words[1]) - 1
+            symbols.append(words[2])
+            positions.append([float(w) for w in words[4:7]])
+            kinds.append(kind_order[kind_index] if kind_index < len(kind_order) else words[2])
+        except (ValueError, IndexError):
+            raise ValueError(
+                f"{log.path}:{index + 1}: malformed coordinate line {lines[index].strip()!r}"
+            ) from None
+        index += 1
+    log.symbols, log.kind_of_atom = symbols, kinds
+    log.positions = np.asarray(positions, dtype=float).reshape(-1, 3)
+    for kind, symbol in zip(kinds, symbols, strict=True):
+        log.kinds[kind] = symbol  # the Element column decides the kind's element
+    return index
+
+
+def _parse_images(lines, index, count, label, log) -> int:
+    table: dict[int, tuple[int, int, int]] = {}
+    while index < len(lines) and len(table) < count:
+        words = lines[index].split()
+        index += 1
+        if not words or words[0].lower() == "number":
+            continue
+        try:
+            n, x, y, z = (int(w) for w in words[:4])
+        except ValueError:
+            raise ValueError(
+                f"{log.path}:{index}: malformed {label} CSR image line {lines[index - 1].strip()!r}"
+            ) from None
+        if len(words) != 4:
+            raise ValueError(f"{log.path}:{index}: image line needs 4 integers (Number X Y Z)")
+        table[n] = (x, y, z)
+    if len(table) != count:
+        raise ValueError(
+            f"{log.path}: {label} CSR image table lists {len(table)} of {count} images"
+        )
+    log.images[label] = table
+    return index
+
+
+# ------------------------------------------------------------------------------ CSR files
+def _is_binary(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    size = path.stat().st_size
+    return len(head) == 4 and np.frombuffer(head, "<i4")[0] == 16 and size % 24 == 0
+
+
+def _read_entries(path: Path, binary: bool | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, cols, values) with 1-based indices as stored."""
+    if not path.exists():
+        raise FileNotFoundError(f"CSR file {path} not found")
+    if binary is None:
+        binary = _is_binary(path)
+    if binary:
+        size = path.stat().st_size
+        if size % _BINARY_DTYPE.itemsize:
+            raise ValueError(
+                f"{path}: {size} bytes is not a whole number of 24-byte CP2K binary CSR records"
+            )
+        records = np.fromfile(path, dtype=_BINARY_DTYPE)
+        bad = np.nonzero((records["head"] != 16) | (records["tail"] != 16))[0]
+        if len(bad):
+            r = int(bad[0])
+            raise ValueError(
+                f"{path}: record {r + 1} (byte {24 * r}): record markers "
+                f"{records['head'][r]}/{records['tail'][r]}, expected 16/16 "
+                "(not a CP2K binary CSR file)"
+            )
+        return records["row"].astype(np.int64), records["col"].astype(np.int64), records["value"]
+    text = path.read_text(errors="replace")
+    try:
+        table = np.array(text.split(), dtype=float)
+        if table.size % 3:
+            raise ValueError
+        table = table.reshape(-1, 3)
+        if len(table) != sum(1 for line in text.splitlines() if line.strip()):
+            raise ValueError
+    except ValueError:
+        _diagnose_text(path, text)
+        raise
+    rows, cols = table[:, 0], table[:, 1]
+    for name, values in (("row", rows), ("column", cols)):
+        bad = np.nonzero(values != np.round(values))[0]
+        if len(bad):
+            line = _line_of_record(text, int(bad[0]))
+            raise ValueError(f"{path}:{line}: {name} index {values[bad[0]]} is not an integer")
+    return rows.astype(np.int64), cols.astype(np.int64), table[:, 2]
+
+
+def _diagnose_text(path: Path, text: str) -> None:
+    for number, line in enumerate(text.splitlines(), start=1):
+        words = line.split()
+        if not words:
+            continue
+        if len(words) != 3:
+            raise ValueError(
+                f"{path}:{number}: expected 3 columns (row col value), got {len(words)}: "
+                f"{line.strip()!r}"
+            )
+        for word in words:
+            try:
+                float(word)
+            except ValueError:
+                raise ValueError(f"{path}:{number}: non-numeric entry {word!r}") from None
+
+
+def _line_of_record(text: str, record: int) -> int:
+    count = -1
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            count += 1
+            if count == record:
+                return number
+    return -1
+
+
+def read_csr(
+    path: str | os.PathLike,
+    n_orbitals: int,
+    *,
+    binary: bool | None = None,
+    upper_triangular: bool | None = None,
+) -> scipy.sparse.csr_matrix:
+    """One CP2K CSR file as a ``[n_orbitals, n_orbitals]`` sparse matrix in CP2K order.
+
+    Args:
+        path: the file; binary or text is detected when ``binary`` is None.
+        n_orbitals: the orbital count the log gives; an index beyond it is an error.
+        upper_triangular: mirror ``row < col`` into the lower triangle. None: mirror when the
+            file holds no entry below the diagonal (a symmetric matrix written in full
+            always has some).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"CSR file {path} not found")
+    binary = _is_binary(path) if binary is None else binary
+    rows, cols, values = _read_entries(path, binary)
+    _check_range(path, rows, cols, n_orbitals, binary)
+    rows, cols = rows - 1, cols - 1
+    if upper_triangular is None:
+        upper_triangular = not np.any(rows > cols)
+    elif upper_triangular and np.any(rows > cols):
+        raise ValueError(f"{path}: entries below the diagonal in an upper-triangular file")
+    if upper_triangular:
+        off = rows != cols
+        rows, cols, values = (
+            np.concatenate([rows, cols[off]]),
+            np.concatenate([cols, rows[off]]),
+            np.concatenate([values, values[off]]),
+        )
+    return scipy.sparse.coo_matrix((values, (rows, cols)), shape=(n_orbitals,) * 2).tocsr()
+
+
+def _check_range(path, rows, cols, n, binary):
+    for name, values in (("row", rows), ("column", cols)):
+        bad = np.nonzero((values < 1) | (values > n))[0]
+        if len(bad):
+            r = int(bad[0])
+            where = f": record {r + 1}" if binary else f":{_line_of_text(path, r)}"
+            raise ValueError(
+                f"{path}{where}: {name} index {values[r]} outside 1..{n} (the orbital count "
+                "from the log or basis; a file of another structure or basis?)"
+            )
+
+
+def _line_of_text(path: Path, record: int) -> int:
+    return _line_of_record(path.read_text(errors="replace"), record)
+
+
+def _format_value(value: float) -> str:
+    """Fortran ``E23.14E3``: ``-0.22923247526053E+001``."""
+    if value == 0.0:
+        return (("-" if np.signbit(value) else "") + "0.00000000000000E+000").rjust(23)
+    if not np.isfinite(value):
+        return f"{value:23}"
+    text = f"{value:.13E}"  # d.dddddddddddddE+xx, 14 significant digits
+    mantissa, exponent = text.split("E")
+    sign = "-" if mantissa.startswith("-") else ""
+    digits = mantissa.lstrip("-").replace(".", "")
+    return f"{sign}0.{digits}E{int(exponent) + 1:+04d}".rjust(23)
+
+
+def write_csr(
+    path: str | os.PathLike,
+    matrix,
+    *,
+    binary: bool = False,
+    upper_triangular: bool = False,
+    threshold: float | None = None,
+) -> Path:
+    """Write one matrix (CP2K order) as a CP2K CSR file, text or binary.
+
+    Every stored entry is written (explicit zeros of stored blocks too, as CP2K does), sorted
+    by row then column; with a ``threshold`` only entries with ``|value| > threshold``.
+    Written atomically (temporary file in the same folder, then ``os.replace``).
+    """
+    path = Path(path)
+    coo = scipy.sparse.coo_matrix(matrix)
+    coo.sum_duplicates()
+    keep = np.ones(coo.nnz, bool) if threshold is None else np.abs(coo.data) > threshold
+    if upper_triangular:
+        keep &= coo.row <= coo.col
+    rows, cols, values = coo.row[keep] + 1, coo.col[keep] + 1, coo.data[keep]
+    order = np.lexsort((cols, rows))
+    rows, cols, values = rows[order], cols[order], values[order]
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        if binary:
+            records = np.empty(len(rows), dtype=_BINARY_DTYPE)
+            records["head"] = records["tail"] = 16
+            records["row"], records["col"], records["value"] = rows, cols, values
+            records.tofile(tmp)
+        else:
+            with open(tmp, "w") as handle:
+                handle.writelines(
+                    f"{r:8d}{c:8d}{_format_value(v)}\n"
+                    for r, c, v in zip(rows.tolist(), cols.tolist(), values.tolist(), strict=True)
+                )
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+# ------------------------------------------------------------------------- read / write
+def _default_files(log: Cp2kLog, label: str, spin: int) -> list[Path]:
+    folder = log.path.parent
+    if not log.project:
+        raise ValueError(f"{log.path}: no project name in the log; pass the CSR file names")
+    if label in log.images:
+        return [
+            folder / f"{log.project}-{label}_SPIN_{spin}_R_{n}-1_0.csr"
+            for n in sorted(log.images[label])
+        ]
+    return [folder / f"{log.project}-{label}_SPIN_{spin}-1_0.csr"]
+
+
+def _image_of(path: Path, table: Mapping[int, tuple[int, int, int]] | None) -> tuple[int, int, int]:
+    match = re.search(r"_R_(\d+)-", path.name)
+    if match is None:
+        if table:
+            raise ValueError(f"{path}: no image number (_R_<n>) in a REAL_SPACE run's file name")
+        return (0, 0, 0)
+    if not table:
+        raise ValueError(
+            f"{path}: a REAL_SPACE image file, but no 'CSR write| N periodic images' table was "
+            "found in the log"
+        )
+    n = int(match.group(1))
+    if n not in table:
+        raise ValueError(f"{path}: image {n} is not in the log's image table (1..{len(table)})")
+    return tuple(int(x) for x in table[n])
+
+
+def _read_set(
+    files: Sequence[Path], table, n: int, binary, upper_triangular
+) -> dict[tuple[int, int, int], scipy.sparse.csr_matrix]:
+    raw = {}
+    for path in files:
+        shift = _image_of(Path(path), table)
+        if shift in raw:
+            raise ValueError(f"{path}: image {shift} given twice")
+        raw[shift] = read_csr(path, n, binary=binary, upper_triangular=False)
+    if upper_triangular is None:
+        upper_triangular = all(scipy.sparse.tril(m, k=-1).nnz == 0 for m in raw.values()) and any(
+            m.nnz for m in raw.values()
+        )
+    if not upper_triangular:
+        return raw
+    out = {}
+    for shift, m in raw.items():
+        partner = tuple(-x for x in shift)
+        if partner not in raw:
+            raise ValueError(
+                f"upper-triangular REAL_SPACE files: image {shift} has no partner {partner} to "
+                "mirror from"
+            )
+        upper = scipy.sparse.triu(m, k=0)
+        lower = scipy.sparse.tril(raw[partner].T, k=-1)  # H_ij(R) = H_ji(-R) for i > j
+        out[shift] = (upper + lower).tocsr()
+    return out
+
+
+def read_cp2k(
+    log: str | os.PathLike | None,
+    *,
+    ks: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    overlap: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    structure: str | os.PathLike | None = None,
+    basis: Basis | None = None,
+    images: Mapping[int, Sequence[int]] | None = None,
+    binary: bool | None = None,
+    upper_triangular: bool | None = None,
+    spin: int = 1,
+    threshold: float = 0.0,
+) -> BlockHamiltonian:
+    """Read a CP2K run's KS (and S) matrices into a block record in hamjax order.
+
+    Args:
+        log: the CP2K output log (shells per kind, atoms, cell, Fermi energy, image table).
+            May be None when ``basis``, ``structure`` and (for REAL_SPACE) ``images`` are
+            given.
+        ks: KS CSR file, or the list of REAL_SPACE image files; default from the project name
+            in the log (``PROJECT-KS_SPIN_1-1_0.csr`` or ``..._R_<n>-1_0.csr``).
+        overlap: S CSR file(s) likewise; default from the log when such files exist.
+        structure: a structure file for ase (e.g. the run's ``.xyz``, 8 decimals); default
+            the coordinates of the log (6 decimals) and its cell and periodicity.
+        basis: shells per element instead of the log's listing.
+        images: ``{n: (X, Y, Z)}`` instead of the log's image table.
+        binary, upper_triangular: None detects them from the files.
+        spin: spin channel in the default file names.
+        threshold: blocks whose entries are all at most this are dropped.
+
+    Returns:
+        :class:`~hamjax.blocks.BlockHamiltonian` (Hartree, hamjax orbital order), with the
+        Fermi level (Hartree) from the log and metadata (source, version, files, units).
+    """
+    parsed = parse_cp2k_log(log) if log is not None else None
+    if structure is not None:
+        import ase.io
+
+        atoms = ase.io.read(structure)
+        numbers, positions = atoms.numbers, atoms.positions
+        cell, pbc = atoms.cell.array, atoms.pbc
+        if parsed is not None and parsed.symbols:
+            if list(atoms.get_chemical_symbols()) != parsed.symbols:
+                raise ValueError(f"{structure}: its elements differ from those in {parsed.path}")
+            cell = parsed.cell if parsed.cell is not None else cell
+            pbc = parsed.pbc if parsed.pbc is not None else pbc
+    elif parsed is not None and parsed.symbols:
+        numbers, positions = parsed.numbers, parsed.positions
+        cell = parsed.cell if parsed.cell is not None else np.zeros((3, 3))
+        pbc = parsed.pbc if parsed.pbc is not None else np.zeros(3, bool)
+    else:
+        raise ValueError("no structure: give a CP2K log with coordinates or structure=")
+    if basis is None:
+        if parsed is None:
+            raise ValueError("no basis: give a CP2K log (PRINT_LEVEL MEDIUM) or basis=")
+        basis = parsed.basis()
+    counts = basis.orbital_counts(numbers)
+    if parsed is not None and parsed.kind_orbitals and parsed.kind_of_atom:
+        expected = parsed.orbital_counts()
+        if len(expected) == len(counts) and np.any(expected != counts):
+            atom = int(np.nonzero(expected != counts)[0][0])
+            raise ValueError(
+                f"{parsed.path}: atom {atom} has {expected[atom]} orbitals in the log but "
+                f"{counts[atom]} in basis {basis.name!r}"
+            )
+    n = int(counts.sum())
+
+    def table_for(label):
+        if images is not None:
+            return {int(k): tuple(v) for k, v in images.items()}
+        if parsed is not None:
+            return parsed.images.get(label) or parsed.images.get("KS")
+        return None
+
+    def files_for(label, given):
+        if given is not None:
+            return (
+                [Path(given)] if isinstance(given, (str, os.PathLike)) else [Path(p) for p in given]
+            )
+        if parsed is None:
+            raise ValueError(f"no {label} files: give them or a CP2K log with a project name")
+        return _default_files(parsed, label, spin)
+
+    ks_files = files_for("KS", ks)
+    ks_set = _read_set(ks_files, table_for("KS"), n, binary, upper_triangular)
+    s_set = None
+    s_files = []
+    if overlap is not None or parsed is not None:
+        s_files = files_for("S", overlap)
+        if overlap is not None or all(p.exists() for p in s_files):
+            s_set = _read_set(s_files, table_for("S"), n, binary, upper_triangular)
+        else:
+            s_files = []
+    if s_set is not None and set(s_set) != set(ks_set):
+        for shift in set(ks_set) | set(s_set):  # an image missing on one side holds zeros
+            ks_set.setdefault(shift, scipy.sparse.csr_matrix((n, n)))
+            s_set.setdefault(shift, scipy.sparse.csr_matrix((n, n)))
+    h = {s: to_hamjax_order(m, basis, numbers, "cp2k") for s, m in ks_set.items()}
+    s = (
+        None
+        if s_set is None
+        else {k: to_hamjax_order(m, basis, numbers, "cp2k") for k, m in s_set.items()}
+    )
+    metadata = {
+        "source": "cp2k",
+        "code_version": parsed.version if parsed else None,
+        "basis": basis.name,
+        "units": {"hamiltonian": "hartree", "positions": "angstrom", "fermi_level": "hartree"},
+        "files": [str(p) for p in ks_files + s_files],
+        "log": str(parsed.path) if parsed else None,
+        "real_space": len(h) > 1 or (0, 0, 0) not in h,
+    }
+    return BlockHamiltonian.from_dense(
+        numbers,
+        positions,
+        cell,
+        pbc,
+        basis,
+        h,
+        s,
+        threshold=threshold,
+        fermi_level=parsed.fermi_level if parsed else None,
+        metadata=metadata,
+    )
+
+
+def write_cp2k(
+    record: BlockHamiltonian,
+    path_prefix: str | os.PathLike,
+    *,
+    binary: bool = False,
+    upper_triangular: bool = False,
+    real_space: bool | None = None,
+    threshold: float | None = None,
+    spin: int = 1,
+) -> list[Path]:
+    """Export a record's H (and S) as CP2K CSR files in CP2K orbital order.
+
+    Gamma (``real_space=False``, the default for a record with only shift (0, 0, 0)): the
+    matrices summed over shifts go to ``PREFIX-KS_SPIN_1-1_0.csr`` and
+    ``PREFIX-S_SPIN_1-1_0.csr``. Real space (default when the record has other shifts): one
+    file per shift, ``PREFIX-KS_SPIN_1_R_<n>-1_0.csr``, image 1 = (0, 0, 0), and the image table
+    in CP2K's log layout in ``PREFIX-csr_images.txt`` (readable by :func:`parse_cp2k_log`).
+
+    Returns:
+        The paths written.
+    """
+    prefix = Path(path_prefix)
+    shifts = sorted(
+        {tuple(int(x) for x in s) for s in record.shifts}, key=lambda s: (s != (0, 0, 0), s)
+    )
+    if real_space is None:
+        real_space = shifts != [(0, 0, 0)] and len(shifts) > 0
+    which = [("KS", "hamiltonian")] + ([("S", "overlap")] if record.overlap is not None else [])
+    written = []
+    if not real_space:
+        for label, name in which:
+            m = from_hamjax_order(record.to_sparse(name), record.basis, record.numbers, "cp2k")
+            written.append(
+                write_csr(
+                    f"{prefix}-{label}_SPIN_{spin}-1_0.csr",
+                    m,
+                    binary=binary,
+                    upper_triangular=upper_triangular,
+                    threshold=threshold,
+                )
+            )
+        return written
+    if (0, 0, 0) not in shifts:
+        shifts = [(0, 0, 0)] + shifts
+    shift_index = {s: k for k, s in enumerate(shifts)}
+    block_image = np.array([shift_index[tuple(int(x) for x in s)] for s in record.shifts])
+    n = record.n_orbitals
+    lines = []
+    for label, name in which:
+        values = getattr(record, name)
+        rows, cols = record._entry_indices
+        per_value = np.repeat(block_image, np.diff(record.block_offsets))
+        for k in range(len(shifts)):
+            sel = per_value == k
+            m = scipy.sparse.coo_matrix((values[sel], (rows[sel], cols[sel])), shape=(n, n))
+            m = from_hamjax_order(m.tocsr(), record.basis, record.numbers, "cp2k")
+            written.append(
+                write_csr(
+                    f"{prefix}-{label}_SPIN_{spin}_R_{k + 1}-1_0.csr",
+                    m,
+                    binary=binary,
+                    upper_triangular=upper_triangular,
+                    threshold=threshold,
+                )
+            )
+        lines.append(f" {label} CSR write| {len(shifts):5d} periodic images")
+        lines.append("      Number    X      Y      Z")
+        lines += [f" {k + 1:9d} {x:6d} {y:6d} {z:6d}" for k, (x, y, z) in enumerate(shifts)]
+    table = Path(f"{prefix}-csr_images.txt")
+    table.write_text("\n".join(lines) + "\n")
+    written.append(table)
+    return written
