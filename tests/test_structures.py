@@ -246,11 +246,22 @@ def test_conical_and_offset_filaments_differ():
     tilted = wide.replace(filament_end_center=(0.85, 0.5))
     a, b, c = (build_device(s) for s in (wide, cone, tilted))
     assert len(b.info["vacancies"]) < len(a.info["vacancies"])
-    vac_c = c.info["vacancies"]
-    x = (vac_c[:, 0] - vac_c[:, 0].min()) / np.ptp(vac_c[:, 0])
-    # The tilted axis moves towards larger y along x.
-    slope = np.polyfit(x, vac_c[:, 1], 1)[0]
-    assert slope > 0.1 * c.cell.lengths()[1]
+    # The tilted column: every vacancy lies within the radius of the tilted axis, and some lie
+    # outside the straight column around the start axis (minimum image across y, z).
+    vac = c.info["vacancies"]
+    lengths = c.cell.lengths()[1:]
+    oxygen_x = c.positions[(c.arrays["region"] == "HfO2") & (c.numbers == 8), 0]
+    lo, hi = min(oxygen_x.min(), vac[:, 0].min()), max(oxygen_x.max(), vac[:, 0].max())
+    s = np.clip((vac[:, 0] - lo) / (hi - lo), 0, 1)[:, None]
+    start, end = np.array([0.5, 0.5]) * lengths, np.array([0.85, 0.5]) * lengths
+
+    def off_axis(centre):
+        d = vac[:, 1:] - centre
+        d -= np.round(d / lengths) * lengths
+        return np.linalg.norm(d, axis=1)
+
+    assert np.all(off_axis(start + s * (end - start)) <= 3.0 + 1e-9)
+    assert np.any(off_axis(start) > 3.0)
     assert _vacancy_path_exists(a, LINK_ANGSTROM)
 
 
