@@ -393,14 +393,18 @@ class BlockTargets:
     gamma_only: bool = False
 
 
-def _is_gamma_only(record, graph: Graph) -> bool:
-    return bool(
-        np.asarray(record.pbc).any() and not np.asarray(record.shifts).any() and graph.shifts.any()
-    )
+def _is_gamma_only(record) -> bool:
+    """A periodic record that holds zero shifts only is a Gamma-point matrix."""
+    return bool(np.asarray(record.pbc).any() and not np.asarray(record.shifts).any())
 
 
 def gather_targets(
-    graph: Graph, record, *, gamma_only: bool | None = None, basis: Basis | None = None
+    graph: Graph,
+    record,
+    *,
+    gamma_only: bool | None = None,
+    basis: Basis | None = None,
+    node_index: np.ndarray | None = None,
 ) -> BlockTargets:
     """Reference H (and S) blocks of ``record`` on the nodes and edges of ``graph``.
 
@@ -413,7 +417,7 @@ def gather_targets(
     blocks of all images, ``H_ij(Gamma) = sum_S H_ij(S)``; when the cell is thinner than twice
     the cutoff, several images of a pair are edges and one reference block stands for all of
     them. Then (``gamma_only=True``, or automatically when the record is periodic but holds
-    only zero shifts while the graph has edges with non-zero shifts) the reference block
+    only zero shifts) the reference block
     ``(i, j, 0)`` goes to one representative edge per pair (``edge_mask`` True only there),
     the reference ``(i, i, 0)`` to node ``i``, and a prediction is compared after
     :func:`fold_gamma`, which sums the predicted image blocks the same way. Images beyond the
@@ -421,53 +425,75 @@ def gather_targets(
     blocks beyond the cutoff.
 
     Args:
-        graph: from :func:`build_graph` for the same structure (same atom order).
+        graph: from :func:`build_graph` for the same structure, or a subgraph of it (a
+            partition slice, then pass ``node_index``).
         record: a :class:`~hamjax.blocks.BlockHamiltonian` (Hartree).
         gamma_only: force (True/False) or auto-detect (None) Gamma folding.
         basis: basis fixing ``M`` (default the record's basis). Must match the record's
             orbital layout.
+        node_index: ``[n_node]`` record atom of every graph node (default: the identity);
+            e.g. :attr:`hamjax.partition.Slice.node_index`, so that a slice's targets are
+            gathered without building the full graph's dense blocks.
 
     Returns:
         :class:`BlockTargets`.
     """
     basis = record.basis if basis is None else basis
     numbers = np.asarray(record.numbers)
-    if len(numbers) != graph.n_node or not np.array_equal(numbers, graph.numbers):
-        raise ValueError("the record and the graph describe different atoms (numbers differ)")
-    if np.abs(np.asarray(record.positions) - graph.positions).max(initial=0) > 1e-6:
-        raise ValueError("the record and the graph have different positions")
-    counts = basis.orbital_counts(numbers)
-    if not np.array_equal(counts, record.orbital_counts):
-        raise ValueError(f"basis {basis.name!r} does not match the record's orbital layout")
-    m = max_orbitals(basis)
+    n_atoms = len(numbers)
     n_node, n_edge = graph.n_node, graph.n_edge
+    if node_index is None:
+        if n_atoms != n_node:
+            raise ValueError(f"the record has {n_atoms} atoms, the graph {n_node} nodes")
+        node_index = np.arange(n_node)
+    node_index = np.asarray(node_index, dtype=np.int64)
+    if node_index.shape != (n_node,) or (n_node and node_index.max() >= n_atoms):
+        raise ValueError("node_index must give a record atom for every graph node")
+    if not np.array_equal(numbers[node_index], graph.numbers):
+        bad = int(np.flatnonzero(numbers[node_index] != graph.numbers)[0])
+        raise ValueError(
+            f"graph node {bad} is {_symbol(graph.numbers[bad])} but record atom "
+            f"{node_index[bad]} is {_symbol(numbers[node_index[bad]])}"
+        )
+    shift_err = np.abs(np.asarray(record.positions)[node_index] - graph.positions)
+    if shift_err.max(initial=0) > 1e-6:
+        bad = int(np.argmax(shift_err.max(axis=1)))
+        raise ValueError(
+            f"graph node {bad} and record atom {node_index[bad]} are at different positions"
+        )
+    all_counts = basis.orbital_counts(numbers)
+    if not np.array_equal(all_counts, record.orbital_counts):
+        raise ValueError(f"basis {basis.name!r} does not match the record's orbital layout")
+    counts = all_counts[node_index]
+    m = max_orbitals(basis)
     if gamma_only is None:
-        gamma_only = _is_gamma_only(record, graph)
+        gamma_only = _is_gamma_only(record)
 
     orbital_mask = np.arange(m)[None, :] < counts[:, None]
     pairs = np.asarray(record.pairs, dtype=np.int64)
     rshifts = np.asarray(record.shifts, dtype=np.int64)
     edge_ids = np.arange(n_edge)
-    rec_key = pairs[:, 0] * n_node + pairs[:, 1]
+    rec_key = pairs[:, 0] * n_atoms + pairs[:, 1]
+    pair_key = node_index[graph.senders] * n_atoms + node_index[graph.receivers]
 
     if gamma_only:
         if rshifts.any():
             raise ValueError("gamma_only=True needs a record with zero shifts only")
         self_image = graph.senders == graph.receivers
         # representative: first edge of every (i, j) pair (edges are sorted by i, j, shift).
-        pair_key = graph.senders * n_node + graph.receivers
         first = np.ones(n_edge, dtype=bool)
         first[1:] = pair_key[1:] != pair_key[:-1]
+        if len(np.unique(pair_key[first])) != first.sum():
+            raise ValueError("graph edges must be sorted by (sender, receiver) for Gamma folding")
         representative = np.maximum.accumulate(np.where(first, edge_ids, 0))
         fold_edge = np.where(self_image, -1, representative)
         slot_edges = first & ~self_image
-        # pair (i, j) -> representative edge
         lookup_key = pair_key[slot_edges]
         lookup_edge = edge_ids[slot_edges]
         lookup_shift = np.zeros((len(lookup_key), 3), dtype=np.int64)
     else:
         fold_edge = edge_ids.copy()
-        lookup_key = graph.senders * n_node + graph.receivers
+        lookup_key = pair_key
         lookup_edge = edge_ids
         lookup_shift = graph.shifts
 
@@ -475,10 +501,10 @@ def gather_targets(
     span = int(max(np.abs(lookup_shift).max(initial=0), np.abs(rshifts).max(initial=0)))
     base = 2 * span + 1
 
-    def full_key(k, s):
+    def full_key(k, sh):
         k = k.astype(np.int64)
         for axis in range(3):
-            k = k * base + (s[:, axis] + span)
+            k = k * base + (sh[:, axis] + span)
         return k
 
     slot_key = full_key(lookup_key, lookup_shift)
@@ -489,28 +515,37 @@ def gather_targets(
         pos = np.minimum(np.searchsorted(slot_key[order], record_key), len(order) - 1)
         hit = slot_key[order][pos] == record_key
         block_edge = np.where(hit, lookup_edge[order][pos], -1)
-    is_node = (pairs[:, 0] == pairs[:, 1]) & ~rshifts.any(axis=1)
+    local_node = np.full(n_atoms, -1, dtype=np.int64)
+    local_node[node_index] = np.arange(n_node)
+    block_node = np.where(
+        (pairs[:, 0] == pairs[:, 1]) & ~rshifts.any(axis=1), local_node[pairs[:, 0]], -1
+    )
 
     offsets = record.block_offsets
-    ci, cj = counts[pairs[:, 0]], counts[pairs[:, 1]]
+    ci, cj = all_counts[pairs[:, 0]], all_counts[pairs[:, 1]]
+    placed = np.flatnonzero((block_node >= 0) | (block_edge >= 0))
+    groups = {}
+    for b_size in set(zip(ci[placed].tolist(), cj[placed].tolist(), strict=True)):
+        sel = placed[(ci[placed] == b_size[0]) & (cj[placed] == b_size[1])]
+        groups[b_size] = sel
 
     def scatter(values):
+        values = np.asarray(values)
         node = np.zeros((n_node, m, m), dtype=values.dtype)
         edge = np.zeros((n_edge, m, m), dtype=values.dtype)
-        for b in np.flatnonzero(is_node | (block_edge >= 0)):
-            blk = values[offsets[b] : offsets[b + 1]].reshape(ci[b], cj[b])
-            if is_node[b]:
-                node[pairs[b, 0], : ci[b], : cj[b]] = blk
-            else:
-                edge[block_edge[b], : ci[b], : cj[b]] = blk
+        for (a, b), sel in groups.items():
+            blocks = values[offsets[sel][:, None] + np.arange(a * b)].reshape(-1, a, b)
+            to_node = block_node[sel] >= 0
+            node[block_node[sel][to_node], :a, :b] = blocks[to_node]
+            edge[block_edge[sel][~to_node], :a, :b] = blocks[~to_node]
         return node, edge
 
-    node_h, edge_h = scatter(np.asarray(record.hamiltonian))
+    node_h, edge_h = scatter(record.hamiltonian)
     node_s = edge_s = None
     if record.overlap is not None:
-        node_s, edge_s = scatter(np.asarray(record.overlap))
+        node_s, edge_s = scatter(record.overlap)
     node_mask = np.zeros(n_node, dtype=bool)
-    node_mask[pairs[is_node, 0]] = True
+    node_mask[block_node[block_node >= 0]] = True
     edge_mask = np.zeros(n_edge, dtype=bool)
     edge_mask[block_edge[block_edge >= 0]] = True
     return BlockTargets(

@@ -48,6 +48,7 @@ cell the subgraph simply contains the whole periodic graph.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from hamjax.graph import BlockTargets, Graph
+from hamjax.graph import BlockTargets, Graph, gather_targets
 
 __all__ = [
     "Slice",
@@ -276,12 +277,25 @@ def partition(
     return slices
 
 
-def slice_targets(targets: BlockTargets, piece: Slice) -> BlockTargets:
+def slice_targets(source, piece: Slice, **kwargs) -> BlockTargets:
     """Reference blocks of a slice's subgraph; masks keep only the labelled items.
 
-    Gamma folding (``fold_edge``) is remapped to local edge indices; all images of a labelled
-    pair share its sender (and receiver), so they are in the subgraph in both modes.
+    Args:
+        source: the full graph's :class:`~hamjax.graph.BlockTargets`, or the
+            :class:`~hamjax.blocks.BlockHamiltonian` record itself (then only the slice's
+            blocks are gathered, which saves the memory of the full dense blocks).
+        piece: the slice.
+        **kwargs: passed to :func:`hamjax.graph.gather_targets` with a record.
+
+    Gamma folding (``fold_edge``) refers to local edge indices; all images of a labelled
+    pair share its sender and receiver, so they are in the subgraph in both modes.
     """
+    if not isinstance(source, BlockTargets):
+        t = gather_targets(piece.graph, source, node_index=piece.node_index, **kwargs)
+        return dataclasses.replace(
+            t, node_mask=t.node_mask & piece.node_label, edge_mask=t.edge_mask & piece.edge_label
+        )
+    targets = source
     node_index, edge_index = piece.node_index, piece.edge_index
     local = np.full(len(targets.fold_edge), -2, dtype=np.int64)
     local[edge_index] = np.arange(len(edge_index))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from hamjax.graph import build_graph, gather_targets
+from hamjax.graph import build_graph, fold_gamma, gather_targets
 from hamjax.partition import assign_slices, partition, slice_targets, stitch
 
 CUTOFF = 3.6
@@ -224,3 +224,52 @@ def test_bad_arguments():
         partition(graph, 0, n_slices=2, mode="both")
     with pytest.raises(ValueError, match="axis"):
         partition(graph, 3, n_slices=2)
+
+
+@pytest.mark.parametrize("gamma", [False, True])
+def test_slice_targets_from_record_equal_full_targets(gamma):
+    from test_graph import random_record
+
+    from hamjax.basis import Basis
+    from hamjax.blocks import BlockHamiltonian
+
+    basis = Basis.from_dict("t", {"Hf": (0, 0, 1, 2), "O": (0, 1)})
+    atoms = bulk("HfO2", "fluorite", a=5.1, cubic=True).repeat((3, 1, 1))
+    atoms.rattle(0.05, seed=4)
+    kres, _ = random_record(atoms, 5.5, basis=basis)  # 5.1 A cell: several images
+    record = kres
+    if gamma:
+        record = BlockHamiltonian.from_dense(
+            atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, basis, kres.to_dense()
+        )
+    graph = build_graph(atoms, 5.5)
+    full = gather_targets(graph, record)
+    assert full.gamma_only == gamma
+    for mode in ("exact", "paper"):
+        for piece in partition(graph, 0, n_slices=3, mode=mode):
+            a = slice_targets(full, piece)
+            b = slice_targets(record, piece)
+            np.testing.assert_array_equal(a.node_mask, b.node_mask)
+            np.testing.assert_array_equal(a.edge_mask, b.edge_mask)
+            assert b.edge_mask.any()
+            for x, y in ((a, b), (b, b)):
+                np.testing.assert_array_equal(
+                    x.edge_hamiltonian[x.edge_mask], y.edge_hamiltonian[y.edge_mask]
+                )
+            np.testing.assert_array_equal(
+                a.node_hamiltonian[a.node_mask], b.node_hamiltonian[b.node_mask]
+            )
+            # the image blocks of the slice, folded inside the slice, give its reference
+            images = slice_targets(kres, piece)
+            node, edge = fold_gamma(
+                images.node_hamiltonian,
+                images.edge_hamiltonian,
+                piece.graph.senders,
+                b.fold_edge,
+            )
+            np.testing.assert_allclose(
+                np.asarray(edge)[b.edge_mask], b.edge_hamiltonian[b.edge_mask], atol=1e-12
+            )
+            np.testing.assert_allclose(
+                np.asarray(node)[b.node_mask], b.node_hamiltonian[b.node_mask], atol=1e-12
+            )
