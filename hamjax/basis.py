@@ -67,6 +67,7 @@ __all__ = [
     "orbital_rotation",
     "pyscf_basis",
     "shell_convention",
+    "tblite_basis",
     "to_hamjax_order",
     "wigner_matrix",
 ]
@@ -385,19 +386,38 @@ _GFN1_SHELLS = (
     "dsp dsp dsp dsp dsp dsp dsp dsp dsp dsp sp sp sp sp spd spd spd"
 ).split()
 _L = {"s": 0, "p": 1, "d": 2, "f": 3, "g": 4}
+# Shells of GFN2-xTB for Z = 1..86, as tblite 0.8 reports them (``angular-momenta``).
+_GFN2_SHELLS = (
+    "s sp sp sp sp sp sp sp sp spd sp spd spd spd spd spd spd spd sp spd dsp dsp dsp dsp dsp "
+    "dsp dsp dsp dsp sp spd spd spd spd spd spd sp spd dsp dsp dsp dsp dsp dsp dsp dsp dsp "
+    "sp spd spd spd spd spd spd sp spd dsp dsp dsp dsp dsp dsp dsp dsp dsp dsp dsp dsp dsp "
+    "dsp dsp dsp dsp dsp dsp dsp dsp dsp dsp sp sp sp sp sp spd spd"
+).split()
 
 
-def gfn1_xtb_basis(elements: Iterable[int | str] | None = None) -> Basis:
-    """tblite GFN1-xTB shells (H: s,s; C/N/O: s,p; Ti/Hf: d,s,p) for ``elements`` (all 86 if
-    None)."""
-    table = {z: tuple(_L[c] for c in s) for z, s in enumerate(_GFN1_SHELLS, start=1)}
+def tblite_basis(method: str = "GFN1-xTB", elements: Iterable[int | str] | None = None) -> Basis:
+    """Shells of a tblite method ("GFN1-xTB" or "GFN2-xTB") for ``elements`` (all 86 if None).
+
+    GFN1-xTB: H s,s; C/N/O s,p; Ti/Hf d,s,p. GFN2-xTB: H s; C/N/O s,p; Ti/Hf d,s,p.
+    """
+    key = method.lower().replace("_", "-")
+    tables = {"gfn1-xtb": _GFN1_SHELLS, "gfn2-xtb": _GFN2_SHELLS}
+    if key not in tables:
+        raise ValueError(f"unknown tblite method {method!r}; known: GFN1-xTB, GFN2-xTB")
+    table = {z: tuple(_L[c] for c in s) for z, s in enumerate(tables[key], start=1)}
+    name = f"tblite:{key}"
     if elements is None:
-        return Basis.from_dict("tblite:gfn1-xtb", table)
+        return Basis.from_dict(name, table)
     numbers = sorted({element_number(e) for e in elements})
     for z in numbers:
         if z not in table:
-            raise ValueError(f"GFN1-xTB has no parameters for element Z={z}")
-    return Basis.from_dict("tblite:gfn1-xtb", {z: table[z] for z in numbers})
+            raise ValueError(f"{method} has no parameters for element Z={z}")
+    return Basis.from_dict(name, {z: table[z] for z in numbers})
+
+
+def gfn1_xtb_basis(elements: Iterable[int | str] | None = None) -> Basis:
+    """tblite GFN1-xTB shells (H: s,s; C/N/O: s,p; Ti/Hf: d,s,p) for ``elements``."""
+    return tblite_basis("GFN1-xTB", elements)
 
 
 #: GFN1-xTB for every element it parametrises (Z = 1..86).

@@ -16,6 +16,7 @@ from hamjax.basis import (
     orbital_permutation,
     orbital_rotation,
     pyscf_basis,
+    tblite_basis,
     to_hamjax_order,
     wigner_matrix,
 )
@@ -188,7 +189,8 @@ def test_tblite_convention_by_rotation(improper):
     assert np.abs(D @ w0 @ D.T - w1).max() > 1e-2
 
 
-def test_gfn1_table_matches_tblite_for_many_elements():
+@pytest.mark.parametrize("method", ["GFN1-xTB", "GFN2-xTB"])
+def test_tblite_tables_match_tblite_for_every_element(method):
     pytest.importorskip("tblite")
     from tblite.interface import Calculator
 
@@ -198,9 +200,10 @@ def test_gfn1_table_matches_tblite_for_many_elements():
     positions = np.stack(
         [np.arange(len(numbers)) * 6.0, np.zeros(len(numbers)), np.zeros(len(numbers))], 1
     )
-    calc = Calculator("GFN1-xTB", numbers, positions / BOHR_ANGSTROM)
+    calc = Calculator(method, numbers, positions / BOHR_ANGSTROM)
     shell_l = np.asarray(calc.get("angular-momenta"))
-    assert shell_l.tolist() == [l for z in numbers for l in GFN1_XTB.shells_of(z)]
+    table = GFN1_XTB if method == "GFN1-xTB" else tblite_basis(method)
+    assert shell_l.tolist() == [l for z in numbers for l in table.shells_of(z)]
 
 
 # ----------------------------------------------------------------------------------- PySCF
