@@ -12,14 +12,16 @@ in amperes, with G0 = 2 e^2 / h. I > 0 for V > 0: electrons flow from the left l
 right one. A perfect channel (T = 1) carries exactly G0 * V at any temperature
 (77.480917 uA at 1 V).
 
-The integral is the trapezoid rule on the given grid for temperature > 0 (the grid must cover
-the window ``[mu_R, mu_L]`` plus ~10 k_B T wherever T is nonzero) and, at temperature 0, the
-exact integral of the piecewise-linear interpolant of T over the window. Both are linear in T,
-so ``jax.grad`` of I with respect to T (hence H) is exact.
+The integral is taken over the piecewise-linear interpolant of T on the given grid: exactly
+over the window at temperature 0, and with each grid interval subdivided finely enough to
+resolve k_B T otherwise (the plain trapezoid rule when the grid is already finer than k_B T).
+The grid must cover ``[mu_R, mu_L]`` plus ~10 k_B T wherever T is nonzero. The result is
+linear in T, so ``jax.grad`` of I with respect to T (hence H) is exact.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -123,14 +125,45 @@ def current(
     """
     _check(energies, transmission, temperature)
     e = jnp.asarray(energies)
+    mu_l, mu_r = chemical_potentials(bias, fermi_level)
+    mu_l, mu_r = mu_l[..., None], mu_r[..., None]
     if temperature == 0:
-        mu_l, mu_r = chemical_potentials(bias, fermi_level)
-        weights = _window_weights_zero_kelvin(e, mu_l[..., None], mu_r[..., None])
-        return CONDUCTANCE_QUANTUM_S * jnp.sum(weights * jnp.asarray(transmission), -1)
-    density = spectral_current(
-        energies, transmission, bias, fermi_level=fermi_level, temperature=temperature
-    )
-    return jnp.trapezoid(density, e, axis=-1)
+        weights = _window_weights_zero_kelvin(e, mu_l, mu_r)
+    else:
+        weights = _window_weights(e, mu_l, mu_r, temperature)
+    return CONDUCTANCE_QUANTUM_S * jnp.sum(weights * jnp.asarray(transmission), -1)
+
+
+MAX_SUBDIVISION = 256
+"""Most sub-points per grid interval used to resolve the Fermi window at low temperature."""
+
+
+def _window_weights(e, mu_l, mu_r, temperature: float):
+    """Weights w_j with sum_j w_j T_j = integral T_interp(E) [f_L - f_R] dE.
+
+    Each grid interval is split into m equal parts, m = ceil(8 h_max / k_B T) (at most
+    MAX_SUBDIVISION), and the trapezoid rule is applied to the linear interpolant of T times
+    the Fermi window; the rule converges exponentially for a Fermi function sampled finer than
+    k_B T. With m = 1 this is the plain trapezoid rule on the grid.
+    """
+    kt = BOLTZMANN_EV_K * temperature
+    if isinstance(e, jax.core.Tracer):
+        m = 1
+    else:
+        h_max = float(np.max(np.diff(np.asarray(e))))
+        m = int(min(MAX_SUBDIVISION, max(1, math.ceil(8 * h_max / kt))))
+    frac = jnp.linspace(0.0, 1.0, m + 1)  # [m + 1]
+    trap = jnp.full(m + 1, 1.0 / m).at[0].set(0.5 / m).at[-1].set(0.5 / m)
+    e0, h = e[:-1], jnp.diff(e)
+    points = e0[:, None] + frac[None, :] * h[:, None]  # [n_E - 1, m + 1]
+    window = fermi_dirac(points, mu_l[..., None], temperature) - fermi_dirac(
+        points, mu_r[..., None], temperature
+    )  # [..., n_E - 1, m + 1]
+    c = trap * h[:, None] * window
+    w_start = jnp.sum(c * (1.0 - frac), -1)
+    w_end = jnp.sum(c * frac, -1)
+    zero = jnp.zeros(w_start.shape[:-1] + (1,))
+    return jnp.concatenate([w_start, zero], -1) + jnp.concatenate([zero, w_end], -1)
 
 
 def layer_potentials(layers: Sequence[int], bias) -> jax.Array:
