@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
+import scipy.sparse
 
 from hamjax.basis import Basis
 
@@ -115,8 +116,6 @@ class BlockHamiltonian:
         return rows, cols
 
     def _coo(self, which: str, k):
-        import scipy.sparse
-
         values = getattr(self, which)
         if values is None:
             raise ValueError(f"this record has no {which}")
@@ -226,9 +225,14 @@ class BlockHamiltonian:
         )
 
 
-def _is_sparse(matrix) -> bool:
-    import scipy.sparse
+def _unique_entries(matrix):
+    """COO view of a sparse matrix with each (row, col) once (cheap for canonical CSR)."""
+    csr = scipy.sparse.csr_matrix(matrix)
+    csr.sum_duplicates()  # no-op when already canonical
+    return csr.tocoo()
 
+
+def _is_sparse(matrix) -> bool:
     return scipy.sparse.issparse(matrix)
 
 
@@ -246,10 +250,15 @@ def atom_pair_max(matrix, orbital_offsets: np.ndarray, chunk_orbitals: int = 204
     if n_atoms == 0:
         return out
     if _is_sparse(matrix):
-        coo = matrix.tocoo()
-        ai = np.searchsorted(off, coo.row, side="right") - 1
-        aj = np.searchsorted(off, coo.col, side="right") - 1
-        np.maximum.at(out, (ai, aj), np.abs(coo.data))
+        coo = _unique_entries(matrix)
+        if coo.nnz == 0:
+            return out
+        atom_of = np.repeat(np.arange(n_atoms), np.diff(off))  # [n_orb]
+        keys = atom_of[coo.row] * n_atoms + atom_of[coo.col]
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        first = np.concatenate([[0], np.flatnonzero(np.diff(keys)) + 1])
+        out.flat[keys[first]] = np.maximum.reduceat(np.abs(coo.data[order]), first)
         return out
     matrix = np.asarray(matrix)
     starts = off[:-1]
@@ -319,13 +328,13 @@ def _gather_blocks(matrix, off, counts, ii, jj) -> np.ndarray:
 
 def _gather_blocks_sparse(matrix, off, counts, ii, jj, block_offsets) -> np.ndarray:
     """:func:`_gather_blocks` for a ``scipy.sparse`` matrix, straight from its stored entries."""
-    coo = matrix.tocoo()
+    coo = _unique_entries(matrix)  # unique (row, col): plain assignment below
     n_atoms = len(off) - 1
     out = np.zeros(int(block_offsets[-1]), dtype=coo.dtype)
     if len(ii) == 0 or coo.nnz == 0:
         return out
-    ai = np.searchsorted(off, coo.row, side="right") - 1
-    aj = np.searchsorted(off, coo.col, side="right") - 1
+    atom_of = np.repeat(np.arange(n_atoms), np.diff(off))  # [n_orb]
+    ai, aj = atom_of[coo.row], atom_of[coo.col]
     keys = np.asarray(ii, dtype=np.int64) * n_atoms + np.asarray(jj, dtype=np.int64)
     order = np.argsort(keys, kind="stable")
     entry_keys = ai * n_atoms + aj
@@ -336,5 +345,5 @@ def _gather_blocks_sparse(matrix, off, counts, ii, jj, block_offsets) -> np.ndar
     within = (coo.row[found] - off[ai[found]]) * counts[aj[found]] + (
         coo.col[found] - off[aj[found]]
     )
-    np.add.at(out, block_offsets[block] + within, coo.data[found])  # duplicates are summed
+    out[block_offsets[block] + within] = coo.data[found]
     return out
