@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -292,16 +293,19 @@ def _read_entries(path: Path, binary: bool | None) -> tuple[np.ndarray, np.ndarr
             )
         return records["row"].astype(np.int64), records["col"].astype(np.int64), records["value"]
     text = path.read_text(errors="replace")
-    try:
-        table = np.array(text.split(), dtype=float)
-        if table.size % 3:
-            raise ValueError
-        table = table.reshape(-1, 3)
-        if len(table) != sum(1 for line in text.splitlines() if line.strip()):
-            raise ValueError
-    except ValueError:
+    table = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy warns when it stops before the end
+        try:
+            table = np.fromstring(text, dtype=float, sep=" ")  # C parser, whitespace-separated
+        except (ValueError, DeprecationWarning):
+            table = None
+    n_lines = text.count("\n") + (0 if text.endswith("\n") or not text else 1)
+    if table is None or table.size != 3 * n_lines:
+        # blank lines, a wrong column count or a bad number: find the line, or accept blanks
         _diagnose_text(path, text)
-        raise
+        table = np.array(text.split(), dtype=float)
+    table = table.reshape(-1, 3)
     rows, cols = table[:, 0], table[:, 1]
     for name, values in (("row", rows), ("column", cols)):
         bad = np.nonzero(values != np.round(values))[0]
