@@ -1,0 +1,343 @@
+"""Physics of the Hamiltonian model: O(3) equivariance, invariances, exact symmetries, padding,
+smoothness at the cutoff, finite gradients, and dI/d(positions) against finite differences.
+
+All graphs of one test model are padded to one budget, so the model compiles once per dtype.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ase import Atoms
+
+from hamjax.assemble import dense_hamiltonian, orbital_index, transport_chain
+from hamjax.basis import Basis, basis_rotation_blocks, orbital_rotation
+from hamjax.batching import Budget, batch_graphs
+from hamjax.graph import build_graph
+from hamjax.models import HamiltonianModel, ModelConfig, block_layout
+
+BASIS = Basis.from_dict("test", {"Hf": (2, 0, 1), "O": (0, 1), "H": (0, 0)})
+CONFIG = ModelConfig(
+    basis=BASIS,
+    cutoff=3.2,
+    max_ell=2,
+    channels=8,
+    heads=2,
+    radial_basis=6,
+    radial_hidden=(16,),
+    attention_dim=4,
+    dtype="float64",
+)
+BUDGET = Budget(n_node=16, n_edge=160, n_graph=2)
+
+
+def _atoms() -> Atoms:
+    """A periodic HfO2H2 cell (periodic along x and y only), with an edge along z."""
+    positions = np.array(
+        [
+            [0.0, 0.0, 0.0],  # Hf
+            [0.0, 0.0, 2.05],  # O straight above Hf: an edge along z (the frame's pole)
+            [1.85, 0.35, 0.2],  # O
+            [-0.4, 1.7, -0.6],  # H
+            [1.3, -1.2, 1.1],  # H
+        ]
+    )
+    atoms = Atoms("HfO2H2", positions=positions, cell=np.diag([4.3, 4.6, 20.0]))
+    atoms.pbc = (True, True, False)
+    return atoms
+
+
+def _graph(atoms, budget=BUDGET):
+    graph = build_graph(atoms, CONFIG.cutoff, basis=BASIS)
+    padded, _ = batch_graphs([graph], budget=budget)
+    return graph, padded
+
+
+def _with(padded, positions=None, shift_vectors=None):
+    nodes, edges = dict(padded.nodes), dict(padded.edges)
+    if positions is not None:
+        nodes["positions"] = positions
+    if shift_vectors is not None:
+        edges["shift_vectors"] = shift_vectors
+    return padded._replace(nodes=nodes, edges=edges)
+
+
+@pytest.fixture(scope="module")
+def model():
+    net = HamiltonianModel(CONFIG)
+    _, padded = _graph(_atoms())
+    params = jax.jit(net.init)(jax.random.PRNGKey(0), padded)
+    return jax.jit(net.apply), params
+
+
+def _improper_rotation(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    return -q if np.linalg.det(q) > 0 else q  # det = -1: a rotation times the inversion
+
+
+def _dense(graph, padded, node_blocks, edge_blocks, k=None):
+    index = orbital_index(BASIS, padded.nodes["species"], padded.nodes["mask"])
+    return dense_hamiltonian(
+        node_blocks,
+        edge_blocks,
+        padded.senders,
+        padded.receivers,
+        padded.edges["shifts"],
+        padded.edges["mask"],
+        index,
+        k=k,
+    )
+
+
+def test_layout_covers_every_orbital_pair_once():
+    """Every (row, column) orbital of every element pair is fed by exactly one head value."""
+    layout = block_layout(BASIS)
+    for a, za in enumerate(layout.elements):
+        for b, zb in enumerate(layout.elements):
+            na, nb = BASIS.n_orbitals(za), BASIS.n_orbitals(zb)
+            index = layout.gather_index[a * layout.n_species + b].reshape(9, 9)
+            used = index[:na, :nb]
+            assert len(np.unique(used)) == na * nb  # no value feeds two entries
+            assert (used < layout.flat_size).all()
+            assert (index[na:, :] == layout.flat_size).all()  # absent orbitals -> the zero
+            assert (index[:, nb:] == layout.flat_size).all()
+
+
+def test_rotation_with_inversion(model):
+    """H(pos @ R.T) = D H(pos) D^T block by block and for the dense matrix, det R = -1."""
+    apply, params = model
+    graph, padded = _graph(_atoms())
+    rotation = _improper_rotation(3)
+    node, edge = apply(params, padded)
+    rotated = _with(
+        padded,
+        positions=padded.nodes["positions"] @ rotation.T,
+        shift_vectors=padded.edges["shift_vectors"] @ rotation.T,
+    )
+    node_r, edge_r = apply(params, rotated)
+    assert np.abs(node).max() > 1e-3 and np.abs(edge).max() > 1e-3  # not trivially zero
+
+    # Block level, with the per-element Wigner blocks.
+    d = basis_rotation_blocks(BASIS, rotation)
+    numbers = graph.numbers
+    for i, z in enumerate(numbers):
+        n = d[z].shape[0]
+        np.testing.assert_allclose(node_r[i, :n, :n], d[z] @ node[i, :n, :n] @ d[z].T, atol=1e-10)
+    for e in range(graph.n_edge):
+        zi, zj = numbers[graph.senders[e]], numbers[graph.receivers[e]]
+        ni, nj = d[zi].shape[0], d[zj].shape[0]
+        np.testing.assert_allclose(
+            edge_r[e, :ni, :nj], d[zi] @ edge[e, :ni, :nj] @ d[zj].T, atol=1e-10
+        )
+    # Whole matrix at a Bloch vector, with the shared orbital rotation.
+    big_d = orbital_rotation(BASIS, numbers, rotation)
+    k = np.array([0.25, -0.1, 0.0])
+    h = np.asarray(_dense(graph, padded, node, edge, k=k))
+    h_r = np.asarray(_dense(graph, rotated, node_r, edge_r, k=k))
+    np.testing.assert_allclose(h_r, big_d @ h @ big_d.T, atol=1e-10)
+
+
+def test_translation_invariance(model):
+    apply, params = model
+    _, padded = _graph(_atoms())
+    node, edge = apply(params, padded)
+    moved = _with(padded, positions=padded.nodes["positions"] + np.array([0.7, -2.3, 5.1]))
+    node_t, edge_t = apply(params, moved)
+    np.testing.assert_allclose(node_t, node, atol=1e-11)
+    np.testing.assert_allclose(edge_t, edge, atol=1e-11)
+
+
+def test_permutation_permutes_blocks(model):
+    """Relabelling atoms relabels blocks: compare block (i, j, shift) by its key."""
+    apply, params = model
+    atoms = _atoms()
+    perm = np.array([3, 0, 4, 2, 1])
+    graph, padded = _graph(atoms)
+    graph_p, padded_p = _graph(atoms[perm])
+    node, edge = apply(params, padded)
+    node_p, edge_p = apply(params, padded_p)
+    np.testing.assert_allclose(node_p[: len(perm)], node[perm], atol=1e-11)
+    old_of_new = perm
+    keys = {
+        (old_of_new[s], old_of_new[r], tuple(t)): e
+        for e, (s, r, t) in enumerate(zip(graph_p.senders, graph_p.receivers, graph_p.shifts))
+    }
+    assert len(keys) == graph.n_edge == graph_p.n_edge
+    for e, (s, r, t) in enumerate(zip(graph.senders, graph.receivers, graph.shifts)):
+        np.testing.assert_allclose(edge_p[keys[(s, r, tuple(t))]], edge[e], atol=1e-11)
+
+
+def test_exact_symmetries_and_hermiticity(model):
+    """Node blocks symmetric, H_ji(-R) = H_ij(R)^T exactly, H(k) Hermitian, absent orbitals 0."""
+    apply, params = model
+    graph, padded = _graph(_atoms())
+    node, edge = apply(params, padded)
+    node, edge = np.asarray(node), np.asarray(edge)
+    np.testing.assert_array_equal(node, np.swapaxes(node, 1, 2))
+    rev = np.asarray(padded.edges["reverse"])
+    np.testing.assert_array_equal(edge[rev], np.swapaxes(edge, 1, 2))
+    assert not padded.edges["mask"][graph.n_edge :].any()
+    assert (edge[graph.n_edge :] == 0).all() and (node[graph.n_node :] == 0).all()
+    for i, z in enumerate(graph.numbers):  # O and H have fewer than M = 9 orbitals
+        n = BASIS.n_orbitals(z)
+        assert (node[i, n:, :] == 0).all() and (node[i, :, n:] == 0).all()
+    for k in (None, np.array([0.3, 0.2, 0.0])):
+        h = np.asarray(_dense(graph, padded, node, edge, k=k))
+        np.testing.assert_allclose(h, h.conj().T, atol=1e-14)
+
+
+def test_padding_budget_does_not_change_blocks(model):
+    apply, params = model
+    graph, padded = _graph(_atoms())
+    _, bigger = _graph(_atoms(), budget=Budget(n_node=24, n_edge=200, n_graph=3))
+    node, edge = apply(params, padded)
+    node_b, edge_b = apply(params, bigger)
+    np.testing.assert_allclose(node_b[: graph.n_node], node[: graph.n_node], atol=1e-12)
+    np.testing.assert_allclose(edge_b[: graph.n_edge], edge[: graph.n_edge], atol=1e-12)
+
+
+def test_atom_crossing_the_cutoff_changes_h_continuously(model):
+    """An H atom moved from just inside to just outside the cutoff of every other atom."""
+    apply, params = model
+    atoms = _atoms()
+    del atoms[[3, 4]]  # Hf, O, O: far from the probe
+    base = atoms.positions[2]
+    direction = np.array([0.0, 0.6, -0.8])
+
+    def blocks(distance):
+        probe = Atoms("H", positions=[base + distance * direction])
+        graph, padded = _graph(atoms + probe)
+        node, edge = apply(params, padded)
+        pairs = {
+            (s, r, tuple(t)): edge[e]
+            for e, (s, r, t) in enumerate(zip(graph.senders, graph.receivers, graph.shifts))
+        }
+        return graph, node[: graph.n_node], pairs
+
+    # Every other atom must be farther than the cutoff except O#2 (checked below).
+    delta = 1e-3
+    g_in, node_in, pairs_in = blocks(CONFIG.cutoff - delta)
+    g_out, node_out, pairs_out = blocks(CONFIG.cutoff + delta)
+    assert g_in.n_edge == g_out.n_edge + 2  # the pair (O#2, H) and its reverse
+    new = [key for key in pairs_in if key not in pairs_out]
+    assert sorted((s, r) for s, r, _ in new) == [(2, 3), (3, 2)]
+    scale = np.abs(node_in).max()
+    # The polynomial envelope vanishes with two derivatives: changes are O(delta^3).
+    for key in new:
+        assert np.abs(pairs_in[key]).max() < 1e-6 * scale
+    np.testing.assert_allclose(node_in, node_out, atol=1e-6 * scale)
+    for key, value in pairs_out.items():
+        np.testing.assert_allclose(pairs_in[key], value, atol=1e-6 * scale)
+    # ... whereas a displacement of the same size well inside the cutoff changes H at O(delta).
+    _, node_a, _ = blocks(2.0)
+    _, node_b, _ = blocks(2.0 + 2 * delta)
+    assert np.abs(node_a - node_b).max() > 1e-3 * delta * scale
+
+
+def test_gradients_finite_with_padding_and_polar_edges(model):
+    apply, params = model
+    _, padded = _graph(_atoms())
+
+    def loss(params, positions):
+        node, edge = apply(params, _with(padded, positions=positions))
+        return jnp.sum(node**2) + jnp.sum(edge**2)
+
+    g_params, g_pos = jax.grad(loss, argnums=(0, 1))(params, padded.nodes["positions"])
+    leaves = jax.tree.leaves(g_params)
+    assert all(np.isfinite(leaf).all() for leaf in leaves)
+    assert np.isfinite(g_pos).all()
+    assert np.abs(g_pos[:5]).max() > 0 and (g_pos[5:] == 0).all()  # padding gets nothing
+
+
+def test_gradient_of_h_functional_matches_finite_differences(model):
+    """d/dpos of a scalar of the dense H (incl. the polar Hf-O edge) against central FD."""
+    apply, params = model
+    graph, padded = _graph(_atoms())
+    rng = np.random.default_rng(1)
+    weights = rng.normal(size=(BASIS.orbital_counts(graph.numbers).sum(),) * 2)
+
+    def energy(positions):
+        node, edge = apply(params, _with(padded, positions=positions))
+        h = _dense(graph, padded, node, edge, k=np.array([0.2, 0.1, 0.0]))
+        return jnp.sum(weights * jnp.real(h)) + jnp.sum(jnp.imag(h) ** 2)
+
+    positions = np.asarray(padded.nodes["positions"])
+    grad = np.asarray(jax.grad(energy)(positions))
+    step = 1e-5
+    for atom, axis in [(0, 2), (1, 0), (1, 2), (3, 1)]:
+        plus, minus = positions.copy(), positions.copy()
+        plus[atom, axis] += step
+        minus[atom, axis] -= step
+        fd = (energy(plus) - energy(minus)) / (2 * step)
+        np.testing.assert_allclose(grad[atom, axis], fd, rtol=1e-6, atol=1e-8)
+
+
+def test_current_gradient_wrt_positions_matches_finite_differences():
+    """dI/dR through model -> H (eV) -> RGF transmission -> Landauer current (float64)."""
+    basis = Basis.from_dict("chain", {"H": (0,)})
+    config = ModelConfig(
+        basis=basis,
+        cutoff=1.5,
+        max_ell=1,
+        channels=4,
+        heads=2,
+        radial_basis=4,
+        radial_hidden=(8,),
+        attention_dim=4,
+        dtype="float64",
+    )
+    n_atoms = 8
+    positions = np.zeros((n_atoms, 3))
+    positions[:, 0] = np.arange(n_atoms) * 1.0
+    positions[3:5, 1] = [0.12, -0.08]  # a kink in the middle scatters
+    positions[4, 2] = 0.1
+    atoms = Atoms(f"H{n_atoms}", positions=positions)
+    graph = build_graph(atoms, config.cutoff, basis=basis)
+    padded, _ = batch_graphs([graph], budget=Budget(n_node=12, n_edge=24, n_graph=2))
+    net = HamiltonianModel(config)
+    params = net.init(jax.random.PRNGKey(2), padded)
+    index = orbital_index(basis, padded.nodes["species"], padded.nodes["mask"])
+
+    # Choose energies and bias inside the band of the (model-predicted) lead chain.
+    node, edge = net.apply(params, padded)
+    h = np.asarray(_dense_generic(index, padded, node, edge)) * 27.211386245981
+    onsite, hopping = h[0, 0], h[0, 1]
+    assert abs(hopping) > 0.05  # a real band, so the test is not vacuous
+    energies = onsite + np.linspace(-1.0, 1.0, 41) * abs(hopping)
+    bias = 0.4 * abs(hopping)
+    chain = transport_chain(
+        net.apply,
+        padded,
+        index,
+        layers=[1] * n_atoms,
+        energies=energies,
+        bias=bias,
+        fermi_level=float(onsite),
+        temperature=0.0,
+    )
+    current = jax.jit(lambda p: chain(params, p)[0])
+    x0 = np.asarray(padded.nodes["positions"])
+    grad = np.asarray(jax.grad(current)(x0))
+    assert float(current(x0)) > 0
+    step = 1e-5
+    for atom, axis in [(3, 1), (4, 0), (4, 2), (5, 1)]:
+        plus, minus = x0.copy(), x0.copy()
+        plus[atom, axis] += step
+        minus[atom, axis] -= step
+        fd = (float(current(plus)) - float(current(minus))) / (2 * step)
+        np.testing.assert_allclose(grad[atom, axis], fd, rtol=1e-5, atol=1e-12)
+    assert np.abs(grad[3:6]).max() > 1e-9  # the kink matters
+
+
+def _dense_generic(index, padded, node, edge):
+    return dense_hamiltonian(
+        node,
+        edge,
+        padded.senders,
+        padded.receivers,
+        padded.edges["shifts"],
+        padded.edges["mask"],
+        index,
+    )
