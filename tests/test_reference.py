@@ -4,6 +4,7 @@ Independent references: a direct tblite call (its overlap, core Hamiltonian, orb
 and occupations), PySCF's own ``mo_energy``, the Fermi-Dirac formula, and the file system.
 """
 
+import json
 import sys
 
 import numpy as np
@@ -209,3 +210,85 @@ def test_pyscf_rejects_periodic():
     pytest.importorskip("pyscf")
     with pytest.raises(ValueError, match="finite structures only"):
         compute_reference(_tin_cell(), "pyscf")
+
+
+# ----------------------------------------------------------------------------- OpenBLAS
+def test_openblas_preload_gives_the_same_result(tmp_path):
+    from hamjax.reference.blas import find_openblas
+    from hamjax.reference.worker import compute_in_subprocess
+
+    if find_openblas() is None:
+        pytest.skip("no system OpenBLAS installed (Debian: libopenblas0-pthread)")
+    pytest.importorskip("hamjax.io.dataset")
+    from hamjax.io.dataset import load
+
+    atoms = _tin_cell()
+    settings = {"electronic_temperature_hartree": 0.01, "mixer_damping": 0.4}
+    runs = {}
+    for openblas in (True, False):
+        path = tmp_path / f"tin-{openblas}.npz"
+        summary = compute_in_subprocess(atoms, path, settings=settings, openblas=openblas)
+        assert summary["status"] == "done", summary
+        assert bool(summary["openblas_preload"]) is openblas
+        runs[openblas] = load(path)
+    a, b = runs[True], runs[False]
+    np.testing.assert_array_equal(a.pairs, b.pairs)
+    assert np.abs(a.overlap - b.overlap).max() < 1e-12
+    assert np.abs(a.hamiltonian - b.hamiltonian).max() < 1e-6  # SCF precision
+    assert a.fermi_level == pytest.approx(b.fermi_level, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- generate
+def _generate(*argv):
+    from hamjax.cli import main
+
+    return main(["generate", *map(str, argv)])
+
+
+def test_generate_is_resumable(tmp_path):
+    pytest.importorskip("hamjax.io.dataset")
+    import ase.io
+
+    from hamjax.io.dataset import load
+
+    frames = [molecule("H2O"), molecule("NH3")]
+    structures = tmp_path / "mols.extxyz"
+    ase.io.write(structures, frames)
+    out = tmp_path / "out"
+    assert _generate("--structures", structures, "-o", out, "--in-process") == 0
+    files = sorted(out.glob("*.npz"))
+    assert [f.name for f in files] == ["mols-000.npz", "mols-001.npz"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {k: v["status"] for k, v in manifest["structures"].items()} == {
+        "mols-000": "done",
+        "mols-001": "done",
+    }
+    record = load(files[0])
+    assert np.allclose(
+        _generalised_eigenvalues(record)[:5],
+        _direct_tblite(frames[0], 9.5e-4)["orbital-energies"][:5],
+        atol=1e-9,
+    )
+    # second run: nothing is recomputed
+    stamps = [f.stat().st_mtime_ns for f in files]
+    assert _generate("--structures", structures, "-o", out, "--in-process") == 0
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    # a file cut short (as by a kill during a non-atomic copy) is not counted as done
+    files[1].write_bytes(files[1].read_bytes()[:100])
+    assert _generate("--structures", structures, "-o", out) == 0  # child-process path
+    assert files[0].stat().st_mtime_ns == stamps[0]
+    assert load(files[1]).n_orbitals == 4 + 3 * 2  # N: s,p; H: s,s (GFN1-xTB)
+
+
+def test_generate_bad_config_names_the_key(tmp_path, capsys):
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps({"devices": [{"name": "x", "cout": 2}]}))
+    assert _generate("--config", config, "-o", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "devices[0]" in err and "cout" in err
+    config.write_text(json.dumps({"devices": [{"spec": {"vacancy_mod": "random"}}]}))
+    assert _generate("--config", config, "-o", tmp_path / "out") == 2
+    assert "vacancy_mod" in capsys.readouterr().err
+    config.write_text(json.dumps({"settings": {"temperature": 0.01}, "structures": []}))
+    assert _generate("--config", config, "-o", tmp_path / "out") == 2
+    assert "temperature" in capsys.readouterr().err

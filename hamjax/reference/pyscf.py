@@ -27,6 +27,7 @@ from hamjax.reference._common import (
     describe_structure,
     fermi_level_from_orbitals,
 )
+from hamjax.reference._conventions import pyscf_conversion
 
 __all__ = ["PySCFSettings", "pyscf_reference", "run_pyscf"]
 
@@ -134,8 +135,6 @@ def run_pyscf(atoms, settings: PySCFSettings | None = None, *, name: str | None 
 
 
 def _conversion(mol, numbers):
-    from hamjax.reference._conventions import pyscf_conversion
-
     return pyscf_conversion(mol, numbers)
 
 

@@ -37,6 +37,7 @@ from hamjax.reference._common import (
     describe_structure,
     fermi_level_from_orbitals,
 )
+from hamjax.reference._conventions import tblite_conversion
 from hamjax.reference.blas import active_openblas
 
 __all__ = [
@@ -57,6 +58,7 @@ PERIODIC_TEMPERATURE_HARTREE = 0.01
 #: Default Broyden mixing parameter for periodic structures (tblite's default is 0.4).
 PERIODIC_MIXER_DAMPING = 0.05
 _METHODS = ("GFN1-xTB", "GFN2-xTB", "IPEA1-xTB")
+_GUESSES = {"sad": 0, "eeq": 1, "eeqbc": 2}
 _CYCLE_LINE = re.compile(r"^\s*(\d+)\s+-?\d")
 
 
@@ -71,6 +73,11 @@ class TBLiteSettings:
             for periodic structures.
         mixer_damping: Broyden mixing parameter (smaller = more damped); None picks 0.4 for
             finite and ``PERIODIC_MIXER_DAMPING`` for periodic structures.
+        mixer_memory: Broyden history length (None: tblite's default, ``max_iterations``).
+        guess: initial charges: "sad" (superposition of atomic densities, tblite's default),
+            "eeq" or "eeqbc" (electronegativity equilibration).
+        annealing: None, or ``(start_hartree, hold_cycles, anneal_cycles)``: start the SCF at
+            a higher electronic temperature, hold it, then lower it linearly to the target.
         max_iterations: SCF cycle limit.
         accuracy: tblite's numerical accuracy factor (smaller = tighter).
         charge: total charge (elementary charges).
@@ -84,6 +91,9 @@ class TBLiteSettings:
     method: str = "GFN1-xTB"
     electronic_temperature_hartree: float | None = None
     mixer_damping: float | None = None
+    mixer_memory: int | None = None
+    guess: str = "sad"
+    annealing: tuple[float, int, int] | None = None
     max_iterations: int = 250
     accuracy: float = 1.0
     charge: float = 0.0
@@ -98,6 +108,16 @@ class TBLiteSettings:
             raise ValueError(f"tblite method {self.method!r} unknown; choose from {_METHODS}")
         if self.hamiltonian not in ("scf", "core"):
             raise ValueError(f"hamiltonian must be 'scf' or 'core', not {self.hamiltonian!r}")
+        if self.guess not in _GUESSES:
+            raise ValueError(f"guess must be one of {tuple(_GUESSES)}, not {self.guess!r}")
+        if self.annealing is not None:
+            if len(self.annealing) != 3:
+                raise ValueError("annealing must be (start_hartree, hold_cycles, anneal_cycles)")
+            object.__setattr__(
+                self,
+                "annealing",
+                (float(self.annealing[0]), int(self.annealing[1]), int(self.annealing[2])),
+            )
         if self.max_iterations < 1:
             raise ValueError(f"max_iterations must be >= 1, got {self.max_iterations}")
         t = self.electronic_temperature_hartree
@@ -191,6 +211,11 @@ def _single_run(atoms, settings: TBLiteSettings, periodic: bool):
     calc.set("accuracy", float(settings.accuracy))
     calc.set("temperature", float(settings.electronic_temperature_hartree))
     calc.set("mixer-damping", float(settings.mixer_damping))
+    if settings.mixer_memory is not None:
+        calc.set("mixer-memory", int(settings.mixer_memory))
+    calc.set("guess", _GUESSES[settings.guess])
+    if settings.annealing is not None:
+        calc.set("annealing", tuple(settings.annealing))
     try:
         res = calc.singlepoint()
         error = None
@@ -294,9 +319,9 @@ def run_tblite(atoms, settings: TBLiteSettings | None = None, *, name: str | Non
 
 def _conversion(numbers: np.ndarray, result: TBLiteResult):
     """(hamjax Basis, permutation, signs) so that ``M_hj = sign sign^T * M_tb[p][:, p]``."""
-    from hamjax.reference._conventions import tblite_conversion
-
-    return tblite_conversion(numbers, result.shell_angular_momenta, result.shell_atoms)
+    return tblite_conversion(
+        numbers, result.shell_angular_momenta, result.shell_atoms, result.settings.method
+    )
 
 
 def tblite_reference(
