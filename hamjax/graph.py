@@ -13,11 +13,13 @@ than the cutoff: a pair then has several edges, one per image inside the cutoff,
 may be linked to its own images (``(i, i, shift != 0)`` is an edge; ``(i, i, 0)`` is the node,
 never an edge). Edges are sorted by ``(sender, receiver, shift)``.
 
-Neighbour search uses vesin (a maintained cell-list library). Measured on this 2-core machine
-for a rattled 4,200-atom periodic fluorite HfO2 supercell (36 x 36 x 50 Angstrom) with an
-8 Angstrom cutoff (816,062 directed pairs): vesin 0.18-0.24 s, matscipy 0.40-0.66 s,
-ase.neighborlist 6-9 s. :func:`build_graph` on top of the search (distance check, sorting,
-reverse index) takes about 0.5 s for 5,000 atoms (see ``benchmarks/bench_graph.py``).
+Neighbour search uses vesin (a maintained cell-list library), chosen by measurement on this
+2-core machine (shared, load ~10) with an 8 Angstrom cutoff: for a rattled 4,200-atom
+periodic fluorite HfO2 supercell (816,062 directed pairs) vesin took 0.18-0.24 s, matscipy
+0.40-0.66 s and ase.neighborlist 6-9 s; for the 5,520-atom TiN | HfO2 | Ti | TiN device
+(1,173,868 edges, ``benchmarks/bench_graph.py``) vesin 0.50 s, matscipy 1.07 s, and
+:func:`build_graph` as a whole (search, cutoff and distance checks, sorting, reverse index)
+1.46 s.
 
 Reference blocks from a :class:`~hamjax.blocks.BlockHamiltonian` are gathered onto the graph in
 a padded dense form by :func:`gather_targets`; :func:`fold_gamma` sums predicted image blocks
@@ -405,6 +407,8 @@ def gather_targets(
     gamma_only: bool | None = None,
     basis: Basis | None = None,
     node_index: np.ndarray | None = None,
+    node_select: np.ndarray | None = None,
+    edge_select: np.ndarray | None = None,
 ) -> BlockTargets:
     """Reference H (and S) blocks of ``record`` on the nodes and edges of ``graph``.
 
@@ -434,6 +438,9 @@ def gather_targets(
         node_index: ``[n_node]`` record atom of every graph node (default: the identity);
             e.g. :attr:`hamjax.partition.Slice.node_index`, so that a slice's targets are
             gathered without building the full graph's dense blocks.
+        node_select, edge_select: optional ``[n_node]`` / ``[n_edge]`` bool; only these
+            items get their blocks (the others stay zero with mask False), e.g. the
+            labelled items of a slice.
 
     Returns:
         :class:`BlockTargets`.
@@ -472,6 +479,20 @@ def gather_targets(
     orbital_mask = np.arange(m)[None, :] < counts[:, None]
     pairs = np.asarray(record.pairs, dtype=np.int64)
     rshifts = np.asarray(record.shifts, dtype=np.int64)
+    offsets = record.block_offsets[:-1]
+    if node_select is not None or edge_select is not None:
+        # only record blocks whose first atom sends a selected edge or is a selected node
+        wanted = np.zeros(n_atoms, dtype=bool)
+        if node_select is not None:
+            wanted[node_index[np.asarray(node_select, dtype=bool)]] = True
+        else:
+            wanted[node_index] = True
+        if edge_select is not None:
+            wanted[node_index[graph.senders[np.asarray(edge_select, dtype=bool)]]] = True
+        else:
+            wanted[node_index[graph.senders]] = True
+        keep = wanted[pairs[:, 0]]
+        pairs, rshifts, offsets = pairs[keep], rshifts[keep], offsets[keep]
     edge_ids = np.arange(n_edge)
     rec_key = pairs[:, 0] * n_atoms + pairs[:, 1]
     pair_key = node_index[graph.senders] * n_atoms + node_index[graph.receivers]
@@ -521,7 +542,14 @@ def gather_targets(
         (pairs[:, 0] == pairs[:, 1]) & ~rshifts.any(axis=1), local_node[pairs[:, 0]], -1
     )
 
-    offsets = record.block_offsets
+    if edge_select is not None:
+        block_edge = np.where(
+            np.asarray(edge_select, dtype=bool)[np.maximum(block_edge, 0)], block_edge, -1
+        )
+    if node_select is not None:
+        block_node = np.where(
+            np.asarray(node_select, dtype=bool)[np.maximum(block_node, 0)], block_node, -1
+        )
     ci, cj = all_counts[pairs[:, 0]], all_counts[pairs[:, 1]]
     placed = np.flatnonzero((block_node >= 0) | (block_edge >= 0))
     groups = {}
@@ -530,14 +558,19 @@ def gather_targets(
         groups[b_size] = sel
 
     def scatter(values):
+        # flat gathers and scatters: far faster than fancy indexing with slices
         values = np.asarray(values)
         node = np.zeros((n_node, m, m), dtype=values.dtype)
         edge = np.zeros((n_edge, m, m), dtype=values.dtype)
+        small = max(len(values), edge.size, node.size) < 2**31
+        itype = np.int32 if small else np.int64  # half the index traffic when it fits
         for (a, b), sel in groups.items():
-            blocks = values[offsets[sel][:, None] + np.arange(a * b)].reshape(-1, a, b)
-            to_node = block_node[sel] >= 0
-            node[block_node[sel][to_node], :a, :b] = blocks[to_node]
-            edge[block_edge[sel][~to_node], :a, :b] = blocks[~to_node]
+            inner = (np.arange(a)[:, None] * m + np.arange(b)[None, :]).ravel().astype(itype)
+            for out, rows in ((node, block_node[sel]), (edge, block_edge[sel])):
+                use = rows >= 0
+                src = offsets[sel[use]].astype(itype)[:, None] + np.arange(a * b, dtype=itype)
+                dst = (rows[use].astype(itype) * itype(m * m))[:, None] + inner[None, :]
+                out.reshape(-1)[dst.ravel()] = values[src.ravel()]
         return node, edge
 
     node_h, edge_h = scatter(record.hamiltonian)

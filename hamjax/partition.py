@@ -291,7 +291,14 @@ def slice_targets(source, piece: Slice, **kwargs) -> BlockTargets:
     pair share its sender and receiver, so they are in the subgraph in both modes.
     """
     if not isinstance(source, BlockTargets):
-        t = gather_targets(piece.graph, source, node_index=piece.node_index, **kwargs)
+        t = gather_targets(
+            piece.graph,
+            source,
+            node_index=piece.node_index,
+            node_select=piece.node_label,
+            edge_select=piece.edge_label,
+            **kwargs,
+        )
         return dataclasses.replace(
             t, node_mask=t.node_mask & piece.node_label, edge_mask=t.edge_mask & piece.edge_label
         )

@@ -258,3 +258,27 @@ def test_targets_batched_with_offsets_and_folding():
     np.testing.assert_allclose(
         np.asarray(node)[gam["node_mask"]], gam["node_hamiltonian"][gam["node_mask"]], atol=1e-12
     )
+
+
+def test_padding_alone_keeps_plain_norms_finite(graphs):
+    """Even a model without the where-guard gets finite gradients from our padded edges."""
+    batch, _ = batch_graphs(graphs[:2], budget=Budget(64, 512, 4))
+
+    def plain(positions, g):
+        vec = positions[g.receivers] + g.edges["shift_vectors"] - positions[g.senders]
+        length = jnp.linalg.norm(vec, axis=-1)  # no guard
+        sh = e3nn.spherical_harmonics("1o + 2e", vec, normalize=True).array
+        return jnp.sum(g.edges["mask"][:, None] * sh * jnp.exp(-length)[:, None])
+
+    grad = jax.grad(plain)(batch.nodes["positions"], batch)
+    assert np.all(np.isfinite(grad))
+    # the trap this avoids: zero-length padded edges make the same gradient NaN
+    zero = batch._replace(
+        edges={
+            **batch.edges,
+            "shift_vectors": np.where(
+                batch.edges["mask"][:, None], batch.edges["shift_vectors"], 0.0
+            ),
+        }
+    )
+    assert np.isnan(np.asarray(jax.grad(plain)(zero.nodes["positions"], zero))).any()
