@@ -1,0 +1,188 @@
+"""From the block record of a periodic device to the open two-terminal problem of NEGF.
+
+A device cell (e.g. TiN | HfO2 | Ti | TiN) is periodic along the transport axis in its
+reference calculation: the right electrode continues into the left one through the cell
+boundary, so both ends are bulk-like. For transport the cell is opened there: couplings that
+cross the boundary along the transport axis are dropped, the transverse directions are taken
+at k = 0 (their images are summed, as in a Gamma-point calculation), and the atoms are ordered
+along the transport axis. The ends then serve as the leads of
+:func:`hamjax.transport.transmission` (its default leads repeat the first and the last
+principal layer), so each electrode must hold at least two whole lead cells.
+
+Principal layers are slabs of a fixed width along the transport axis: two lead cells at each
+end, counted from that end, and the rest split evenly into slabs at least ``layer_width`` wide.
+Every kept coupling is shorter than ``cutoff`` <= ``layer_width``, so slabs couple only to
+their neighbours, which is what the block-tridiagonal solver needs. The same cut applies to a
+reference and to a prediction, so their transmissions are comparable.
+
+Gamma-folded records (periodic, every block at shift (0, 0, 0): one block stands for the sum
+of all images of a pair) are placed by the minimum-image convention, which is exact when every
+pair has at most one image within reach along the transport axis (a cell at least twice the
+interaction range long).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from hamjax.blocks import BlockHamiltonian
+from hamjax.constants import HARTREE_EV
+
+__all__ = ["TwoTerminal", "open_device", "slab_layers"]
+
+
+@dataclass(frozen=True)
+class TwoTerminal:
+    """An open device ready for :func:`hamjax.transport.transmission`.
+
+    Attributes:
+        hamiltonian: ``[n_orb, n_orb]`` in eV (scipy.sparse CSR), atoms ordered along the axis.
+        overlap: ``[n_orb, n_orb]`` (CSR), same order.
+        layers: principal-layer sizes in orbitals, summing to ``n_orb``.
+        order: ``[n_atoms]`` record atom of every position in the transport order.
+        atom_layer: ``[n_atoms]`` layer of every record atom.
+        fermi_level_ev: the record's Fermi level in eV, or None.
+        dropped_max_ev: largest |H| entry (eV) of the blocks dropped for lying beyond the
+            cutoff (the price of the truncation; boundary-crossing blocks not counted).
+    """
+
+    hamiltonian: sp.csr_matrix
+    overlap: sp.csr_matrix
+    layers: tuple[int, ...]
+    order: np.ndarray
+    atom_layer: np.ndarray
+    fermi_level_ev: float | None
+    dropped_max_ev: float
+
+
+def _axis_coordinates(
+    record: BlockHamiltonian, axis: int, origin_offset: float
+) -> tuple[np.ndarray, float]:
+    length = float(np.linalg.norm(record.cell[axis]))
+    if length <= 0:
+        raise ValueError(f"the cell has no lattice vector along axis {axis}")
+    unit = record.cell[axis] / length
+    others = np.delete(record.cell[:, axis], axis)
+    if abs(abs(unit[axis]) - 1.0) > 1e-8 or np.abs(others).max() > 1e-8:
+        raise ValueError(
+            f"the transport axis {axis} must be a lattice vector orthogonal to the other two"
+        )
+    x = np.mod(record.positions[:, axis] - record.positions[:, axis].min() + origin_offset, length)
+    return x, length
+
+
+def slab_layers(
+    x: np.ndarray, length: float, *, lead_width: float, layer_width: float
+) -> np.ndarray:
+    """Principal layer of every atom from its coordinate along the transport axis.
+
+    Two slabs of ``lead_width`` at each end (counted from that end), the middle split evenly
+    into as many slabs as fit with width >= ``layer_width``.
+
+    Args:
+        x: ``[n_atoms]`` coordinates in ``[0, length)``, Angstrom.
+        length: cell length along the axis, Angstrom.
+        lead_width: width of one lead cell (a whole number of electrode periods), Angstrom.
+        layer_width: smallest width of a middle slab, Angstrom.
+
+    Returns:
+        ``[n_atoms]`` layer index, 0 .. n_layers - 1.
+    """
+    middle = length - 4 * lead_width
+    if middle < 0:
+        raise ValueError(
+            f"the device ({length:.2f} A) is shorter than four lead cells of {lead_width:.2f} A"
+        )
+    n_middle = max(1, int(np.floor(middle / layer_width + 1e-9)))
+    edges = np.concatenate(
+        [
+            [0.0, lead_width, 2 * lead_width],
+            2 * lead_width + middle * np.arange(1, n_middle) / n_middle,
+            [length - 2 * lead_width, length - lead_width],
+        ]
+    )
+    return np.searchsorted(edges, x, side="right") - 1
+
+
+def open_device(
+    record: BlockHamiltonian,
+    *,
+    cutoff: float,
+    lead_width: float,
+    layer_width: float | None = None,
+    axis: int = 0,
+    origin_offset: float = 0.5,
+) -> TwoTerminal:
+    """Open a periodic device cell along ``axis`` into a two-terminal NEGF problem.
+
+    Args:
+        record: H and S blocks (Hartree), periodic along ``axis``.
+        cutoff: couplings between atoms farther apart than this (Angstrom) are dropped.
+        lead_width: one lead cell along the axis (a whole number of electrode periods, at
+            least ``cutoff``), Angstrom; both electrodes must hold two of them.
+        layer_width: smallest principal-layer width in the middle (default ``lead_width``);
+            must be at least ``cutoff``.
+        axis: transport axis (0 = x).
+        origin_offset: the slabs start this far (Angstrom) before the first atom along the
+            axis, so that atomic planes (and their small thermal displacements) sit inside a
+            slab rather than on its edge; keep it below the electrode's plane spacing.
+
+    Returns:
+        :class:`TwoTerminal` with H in eV.
+    """
+    layer_width = lead_width if layer_width is None else layer_width
+    if min(lead_width, layer_width) < cutoff:
+        raise ValueError(
+            f"layer widths ({lead_width}, {layer_width} A) must be at least the cutoff "
+            f"({cutoff} A), or slabs beyond the next would couple"
+        )
+    if record.overlap is None:
+        raise ValueError("the record has no overlap matrix")
+    x, length = _axis_coordinates(record, axis, origin_offset)
+    atom_layer = slab_layers(x, length, lead_width=lead_width, layer_width=layer_width)
+
+    i, j = record.pairs[:, 0], record.pairs[:, 1]
+    vectors = record.positions[j] - record.positions[i] + record.shifts @ record.cell
+    if np.all(record.shifts == 0) and record.pbc.any():
+        # Gamma-folded: place each pair at its minimum image.
+        inverse = np.linalg.pinv(record.cell)
+        frac = vectors @ inverse
+        frac[:, record.pbc] -= np.round(frac[:, record.pbc])
+        vectors = frac @ record.cell
+    inside = (x[i] + vectors[:, axis] >= -1e-6) & (x[i] + vectors[:, axis] < length - 1e-6)
+    near = np.linalg.norm(vectors, axis=1) <= cutoff
+    keep = inside & near
+
+    sizes = np.diff(record.block_offsets)
+    dropped = np.repeat(inside & ~near, sizes)
+    dropped_max = float(np.abs(record.hamiltonian[dropped]).max(initial=0.0)) * HARTREE_EV
+
+    order = np.lexsort((np.arange(len(x)), x))
+    kept = record.replace(
+        pairs=record.pairs[keep],
+        shifts=np.zeros((int(keep.sum()), 3), dtype=np.int64),
+        hamiltonian=record.hamiltonian[np.repeat(keep, sizes)],
+        overlap=record.overlap[np.repeat(keep, sizes)],
+    )
+    # Orbital permutation into the transport order.
+    off = record.orbital_offsets
+    perm = np.concatenate([np.arange(off[a], off[a + 1]) for a in order])
+    h = kept.to_sparse("hamiltonian")[perm][:, perm] * HARTREE_EV
+    s = kept.to_sparse("overlap")[perm][:, perm]
+    counts = record.orbital_counts[order]
+    layers = np.bincount(atom_layer[order], weights=counts, minlength=atom_layer.max() + 1)
+    if np.any(layers == 0):
+        raise ValueError(f"principal layers {np.flatnonzero(layers == 0).tolist()} hold no atom")
+    fermi = None if record.fermi_level is None else record.fermi_level * HARTREE_EV
+    return TwoTerminal(
+        hamiltonian=sp.csr_matrix(h),
+        overlap=sp.csr_matrix(s),
+        layers=tuple(int(n) for n in layers),
+        order=order,
+        atom_layer=atom_layer,
+        fermi_level_ev=fermi,
+        dropped_max_ev=dropped_max,
+    )

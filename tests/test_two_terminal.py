@@ -1,0 +1,115 @@
+"""Opening a periodic device cell into a two-terminal problem, checked on exact chains."""
+
+import numpy as np
+import pytest
+
+from hamjax.basis import Basis
+from hamjax.blocks import BlockHamiltonian
+from hamjax.constants import HARTREE_EV
+from hamjax.transport import transmission
+from hamjax.two_terminal import open_device, slab_layers
+
+BASIS = Basis.from_dict("one-s", {"H": (0,)})
+HOP_EV = -1.0
+
+
+def periodic_chain(n_atoms, spacing=1.0, onsite=None, folded=False):
+    """A chain along x, periodic in x (nearest-neighbour hopping -1 eV), as a block record."""
+    onsite = np.zeros(n_atoms) if onsite is None else np.asarray(onsite)
+    positions = np.zeros((n_atoms, 3))
+    positions[:, 0] = spacing * (np.arange(n_atoms) + 0.5)
+    cell = np.diag([spacing * n_atoms, 10.0, 10.0])
+    pairs, shifts, h, s = [], [], [], []
+    for a in range(n_atoms):
+        pairs.append((a, a))
+        shifts.append((0, 0, 0))
+        h.append(onsite[a])
+        s.append(1.0)
+        for step in (-1, 1):
+            b = (a + step) % n_atoms
+            crosses = (a + step) // n_atoms
+            pairs.append((a, b))
+            shifts.append((0, 0, 0) if folded else (crosses, 0, 0))
+            h.append(HOP_EV)
+            s.append(0.0)
+    return BlockHamiltonian(
+        numbers=np.ones(n_atoms, int),
+        positions=positions,
+        cell=cell,
+        pbc=np.array([True, False, False]),
+        basis=BASIS,
+        pairs=np.array(pairs),
+        shifts=np.array(shifts),
+        hamiltonian=np.array(h) / HARTREE_EV,
+        overlap=np.array(s),
+        fermi_level=0.0,
+    )
+
+
+@pytest.mark.parametrize("folded", [False, True])
+def test_perfect_chain_opens_into_one_channel(folded):
+    record = periodic_chain(12, folded=folded)
+    device = open_device(record, cutoff=1.5, lead_width=2.0)
+    assert sum(device.layers) == 12
+    h = device.hamiltonian.toarray()
+    # Opening the ring removes exactly the two boundary hoppings.
+    assert np.count_nonzero(h) == 2 * 11
+    energies = np.array([-2.5, -1.3, 0.0, 0.7, 1.9, 2.5])
+    t = np.asarray(transmission(device.hamiltonian, device.overlap, device.layers, energies)[0])
+    np.testing.assert_allclose(t, (np.abs(energies) < 2).astype(float), atol=1e-6)
+
+
+def test_impurity_matches_exact_formula_after_shuffling_atoms():
+    eps = 0.8
+    onsite = np.zeros(14)
+    onsite[7] = eps
+    record = periodic_chain(14, onsite=onsite)
+    # Store the atoms in a scrambled order: opening must sort them along the axis.
+    perm = np.random.default_rng(0).permutation(14)
+    inverse = np.argsort(perm)
+    shuffled = record.replace(
+        numbers=record.numbers[perm],
+        positions=record.positions[perm],
+        pairs=inverse[record.pairs],
+    )
+    device = open_device(shuffled, cutoff=1.5, lead_width=2.0)
+    np.testing.assert_array_equal(perm[device.order], np.arange(14))
+    energies = np.linspace(-1.8, 1.8, 7)
+    # eta 1e-7: the lead broadening's O(eta) error stays far below the tolerance.
+    t = transmission(device.hamiltonian, device.overlap, device.layers, energies, eta=1e-7)[0]
+    exact = (4 - energies**2) / (4 - energies**2 + eps**2)
+    np.testing.assert_allclose(np.asarray(t), exact, atol=1e-6)
+
+
+def test_long_range_couplings_beyond_cutoff_are_dropped_and_reported():
+    record = periodic_chain(12)
+    # Add a second-neighbour hopping of 0.1 eV, then cut at 1.5 A: it must go.
+    extra_pairs = np.array([(a, (a + 2) % 12) for a in range(12)])
+    extra_shifts = np.array([((a + 2) // 12, 0, 0) for a in range(12)])
+    extra = record.replace(
+        pairs=np.concatenate([record.pairs, extra_pairs]),
+        shifts=np.concatenate([record.shifts, extra_shifts]),
+        hamiltonian=np.concatenate([record.hamiltonian, np.full(12, 0.1 / HARTREE_EV)]),
+        overlap=np.concatenate([record.overlap, np.zeros(12)]),
+    )
+    device = open_device(extra, cutoff=1.5, lead_width=2.0)
+    assert device.dropped_max_ev == pytest.approx(0.1)
+    assert np.count_nonzero(device.hamiltonian.toarray()) == 22
+
+
+def test_slab_layers_lead_cells_counted_from_each_end():
+    x = np.arange(0.0, 20.0, 0.5)
+    layer = slab_layers(x, 20.0, lead_width=2.0, layer_width=3.0)
+    assert layer[x < 2].max() == 0 and layer[(x >= 2) & (x < 4)].min() == 1
+    assert np.all(layer[x >= 18] == layer.max())
+    # The middle 12 A split into 4 slabs of 3 A.
+    assert layer.max() == 1 + 4 + 2
+    assert np.all(np.diff(layer) >= 0)
+
+
+def test_bad_widths_raise():
+    record = periodic_chain(12)
+    with pytest.raises(ValueError, match="at least the cutoff"):
+        open_device(record, cutoff=3.0, lead_width=2.0)
+    with pytest.raises(ValueError, match="shorter than four lead cells"):
+        open_device(record, cutoff=1.0, lead_width=4.0)
