@@ -260,6 +260,8 @@ def test_slice_targets_from_record_equal_full_targets(gamma):
             np.testing.assert_array_equal(
                 a.node_hamiltonian[a.node_mask], b.node_hamiltonian[b.node_mask]
             )
+            if not gamma:
+                continue
             # the image blocks of the slice, folded inside the slice, give its reference
             images = slice_targets(kres, piece)
             node, edge = fold_gamma(
