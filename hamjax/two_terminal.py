@@ -31,7 +31,7 @@ import scipy.sparse as sp
 from hamjax.blocks import BlockHamiltonian
 from hamjax.constants import HARTREE_EV
 
-__all__ = ["TwoTerminal", "open_device", "slab_layers"]
+__all__ = ["TwoTerminal", "axis_coordinates", "inside_cell", "open_device", "slab_layers"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class TwoTerminal:
         overlap: ``[n_orb, n_orb]`` (CSR), same order.
         layers: principal-layer sizes in orbitals, summing to ``n_orb``.
         order: ``[n_atoms]`` record atom of every position in the transport order.
+        orbital_order: ``[n_orb]`` record orbital of every row of ``hamiltonian``.
         atom_layer: ``[n_atoms]`` layer of every record atom.
         fermi_level_ev: the record's Fermi level in eV, or None.
         dropped_max_ev: largest |H| entry (eV) of the blocks dropped for lying beyond the
@@ -53,25 +54,40 @@ class TwoTerminal:
     overlap: sp.csr_matrix
     layers: tuple[int, ...]
     order: np.ndarray
+    orbital_order: np.ndarray
     atom_layer: np.ndarray
     fermi_level_ev: float | None
     dropped_max_ev: float
 
 
-def _axis_coordinates(
-    record: BlockHamiltonian, axis: int, origin_offset: float
+def axis_coordinates(
+    positions: np.ndarray, cell: np.ndarray, axis: int = 0, origin_offset: float = 0.5
 ) -> tuple[np.ndarray, float]:
-    length = float(np.linalg.norm(record.cell[axis]))
+    """Coordinates along the transport axis, wrapped into the cell, and the cell length.
+
+    The origin lies ``origin_offset`` before the first atom.
+
+    Returns:
+        ``(x [n_atoms] in [0, length), length)``, Angstrom.
+    """
+    cell = np.asarray(cell, dtype=float)
+    length = float(np.linalg.norm(cell[axis]))
     if length <= 0:
         raise ValueError(f"the cell has no lattice vector along axis {axis}")
-    unit = record.cell[axis] / length
-    others = np.delete(record.cell[:, axis], axis)
+    unit = cell[axis] / length
+    others = np.delete(cell[:, axis], axis)
     if abs(abs(unit[axis]) - 1.0) > 1e-8 or np.abs(others).max() > 1e-8:
         raise ValueError(
             f"the transport axis {axis} must be a lattice vector orthogonal to the other two"
         )
-    x = np.mod(record.positions[:, axis] - record.positions[:, axis].min() + origin_offset, length)
+    x = np.mod(positions[:, axis] - positions[:, axis].min() + origin_offset, length)
     return x, length
+
+
+def inside_cell(x_from: np.ndarray, step: np.ndarray, length: float) -> np.ndarray:
+    """True where a coupling from ``x_from`` over ``step`` (along the axis) stays in the cell."""
+    end = x_from + step
+    return (end >= -1e-6) & (end < length - 1e-6)
 
 
 def slab_layers(
@@ -141,7 +157,7 @@ def open_device(
         )
     if record.overlap is None:
         raise ValueError("the record has no overlap matrix")
-    x, length = _axis_coordinates(record, axis, origin_offset)
+    x, length = axis_coordinates(record.positions, record.cell, axis, origin_offset)
     atom_layer = slab_layers(x, length, lead_width=lead_width, layer_width=layer_width)
 
     i, j = record.pairs[:, 0], record.pairs[:, 1]
@@ -152,7 +168,7 @@ def open_device(
         frac = vectors @ inverse
         frac[:, record.pbc] -= np.round(frac[:, record.pbc])
         vectors = frac @ record.cell
-    inside = (x[i] + vectors[:, axis] >= -1e-6) & (x[i] + vectors[:, axis] < length - 1e-6)
+    inside = inside_cell(x[i], vectors[:, axis], length)
     near = np.linalg.norm(vectors, axis=1) <= cutoff
     keep = inside & near
 
@@ -182,6 +198,7 @@ def open_device(
         overlap=sp.csr_matrix(s),
         layers=tuple(int(n) for n in layers),
         order=order,
+        orbital_order=perm,
         atom_layer=atom_layer,
         fermi_level_ev=fermi,
         dropped_max_ev=dropped_max,

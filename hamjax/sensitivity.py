@@ -1,0 +1,150 @@
+"""Sensitivity of the current: dI/dH through the NEGF solver and dI/dR through the model.
+
+Both are exact derivatives computed by JAX:
+
+- :func:`current_and_hamiltonian_gradient` differentiates the Landauer current of an open
+  device (:class:`hamjax.two_terminal.TwoTerminal`) with respect to every entry of H (A/eV);
+  :func:`per_atom` sums ``|dI/dH_ab|`` over the rows of each atom's orbitals, a map of where
+  the Hamiltonian controls the current.
+- :func:`position_chain` builds ``positions -> model -> H -> T(E) -> I`` for a trained model,
+  so ``jax.grad`` gives dI/dR (A/Angstrom) for every atom. The overlap S is held fixed at the
+  reference (the model predicts H only), and the graph's connectivity is fixed, so the
+  derivative is exact as long as no pair crosses the cutoff (where the model is smooth).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hamjax.constants import HARTREE_EV
+from hamjax.two_terminal import TwoTerminal, axis_coordinates, inside_cell
+
+__all__ = ["current_and_hamiltonian_gradient", "per_atom", "position_chain"]
+
+
+def _current_fn(overlap, layers, energies, bias, fermi_level, temperature, eta):
+    from hamjax.assemble import current_from_hamiltonian
+
+    options = {} if eta is None else {"eta": eta}
+
+    def current(h):
+        value, _ = current_from_hamiltonian(
+            h,
+            overlap,
+            layers,
+            energies,
+            bias,
+            fermi_level=fermi_level,
+            temperature=temperature,
+            **options,
+        )
+        return value
+
+    return current
+
+
+def current_and_hamiltonian_gradient(
+    device: TwoTerminal,
+    energies,
+    bias: float,
+    *,
+    fermi_level: float,
+    temperature: float = 300.0,
+    eta: float | None = None,
+) -> tuple[float, np.ndarray]:
+    """Current (A) and ``dI/dH`` (A/eV, ``[n_orb, n_orb]`` in the device's transport order)."""
+    h = jnp.asarray(device.hamiltonian.toarray())
+    s = jnp.asarray(device.overlap.toarray())
+    fn = _current_fn(s, device.layers, jnp.asarray(energies), bias, fermi_level, temperature, eta)
+    value, grad = jax.jit(jax.value_and_grad(fn))(h)
+    return float(value), np.asarray(grad)
+
+
+def per_atom(matrix: np.ndarray, device: TwoTerminal, orbital_counts: Sequence[int]) -> np.ndarray:
+    """``sum_{a in atom, b} |matrix_ab|`` for every atom, in the record's atom order.
+
+    Args:
+        matrix: ``[n_orb, n_orb]`` in the device's transport order (e.g. dI/dH).
+        device: the open device the matrix belongs to.
+        orbital_counts: ``[n_atoms]`` orbitals per atom, record order.
+
+    Returns:
+        ``[n_atoms]`` in the record's atom order.
+    """
+    counts = np.asarray(orbital_counts)[device.order]
+    rows = np.abs(matrix).sum(axis=1)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    values = np.add.reduceat(rows, starts)
+    out = np.empty_like(values)
+    out[device.order] = values
+    return out
+
+
+def position_chain(
+    model_config,
+    graph,
+    device: TwoTerminal,
+    energies,
+    bias: float,
+    *,
+    fermi_level: float,
+    temperature: float = 300.0,
+    eta: float | None = None,
+    axis: int = 0,
+    origin_offset: float = 0.5,
+):
+    """``chain(params, positions) -> current`` (A) through the model and the NEGF solver.
+
+    Args:
+        model_config: :class:`hamjax.models.ModelConfig` of the trained model.
+        graph: :class:`hamjax.graph.Graph` of the device (record atom order), built with the
+            model's cutoff.
+        device: :func:`hamjax.two_terminal.open_device` of the same structure (its S is used,
+            held fixed; its layers and orbital order define the transport problem).
+        energies: ``[n_E]`` eV; bias: volts; fermi_level: eV; temperature: kelvin.
+        eta: lead broadening (eV) or None for the solver's default.
+        axis, origin_offset: as in :func:`hamjax.two_terminal.open_device`.
+
+    Returns:
+        A function of ``(params, positions [n_atoms, 3] Angstrom)``; differentiate it with
+        ``jax.grad(chain, argnums=1)`` for dI/dR in A/Angstrom.
+    """
+    from hamjax.assemble import dense_hamiltonian, orbital_index
+    from hamjax.models import HamiltonianModel
+
+    model = HamiltonianModel(model_config)
+    x, length = axis_coordinates(graph.positions, graph.cell, axis, origin_offset)
+    # Couplings through the cell boundary along the axis are cut, as in open_device.
+    keep = inside_cell(x[graph.senders], graph.edge_vectors[:, axis], length)
+    tuple_graph = jax.tree.map(jnp.asarray, graph.to_graphs_tuple())
+    index = orbital_index(model_config.basis, np.asarray(graph.numbers))
+    perm = jnp.asarray(device.orbital_order)
+    overlap = jnp.asarray(device.overlap.toarray())
+    current = _current_fn(
+        overlap, device.layers, jnp.asarray(energies), bias, fermi_level, temperature, eta
+    )
+    dtype = jnp.dtype(model_config.dtype)
+    edges = tuple_graph.edges
+    keep = jnp.asarray(keep)
+
+    def chain(params, positions):
+        nodes = dict(tuple_graph.nodes)
+        nodes["positions"] = positions.astype(dtype)
+        node_blocks, edge_blocks = model.apply(params, tuple_graph._replace(nodes=nodes))
+        h = dense_hamiltonian(
+            node_blocks,
+            edge_blocks,
+            tuple_graph.senders,
+            tuple_graph.receivers,
+            edges["shifts"],
+            edges["mask"] & keep,
+            index,
+        )
+        h = h.astype(jnp.float64)[perm][:, perm] * HARTREE_EV
+        return current(h)
+
+    return chain

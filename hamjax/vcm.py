@@ -1,0 +1,652 @@
+"""The valence-change-memory experiment, end to end.
+
+Train on a few TiN | HfO2 | Ti | TiN devices with randomly placed oxygen vacancies, predict
+the Hamiltonian of devices the model never saw (formed and broken conductive filaments),
+and compare the currents computed from predicted and reference Hamiltonians:
+
+1. devices (:mod:`hamjax.structures`): training devices with random vacancies, one
+   validation device, and four test devices, "Filament 1/2" (a straight cylinder and a
+   tilted cone) and "Broken 1/2" (the same with an intact gap at the TiN or at the Ti side);
+2. references: GFN1-xTB H and S with tblite (:mod:`hamjax.reference`), in child processes
+   with OpenBLAS when available, saved as dataset files (resumable);
+3. training (:func:`hamjax.train.train`) on slices (augmented partitioning);
+4. full-device predictions (:mod:`hamjax.inference`);
+5. errors: node, edge and total MAE over every H entry of the pairs within the cutoff
+   (predicted image blocks folded to Gamma, as the reference is a Gamma-point calculation);
+6. transport (:mod:`hamjax.two_terminal`, :mod:`hamjax.transport`): each cell opened
+   between its TiN ends (leads = two TiN cells at each end), T(E) and I at the bias;
+7. sensitivity (:mod:`hamjax.sensitivity`): dI/dH per atom and dI/dR through the model on
+   one test device, with a finite-difference check of dI/dR.
+
+Outputs in the run folder: ``table.md`` and ``table.json`` (the paper's Table I),
+``summary.json``, ``errors.png`` (violin plots of the per-entry errors with 5th/95th
+percentiles), ``transmission.png`` (T(E) of reference and prediction, bias window marked),
+``device_<name>.png``, ``sensitivity.png``, ``timings.json``, ``data/`` (dataset files) and
+``model/`` (checkpoints).
+
+Fermi levels: the reference current uses the reference's own Fermi level; the predicted
+current uses the mean Fermi level of the training references (the TiN electrodes set it, and
+a prediction has no self-consistent Fermi level of its own).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hamjax.constants import BOLTZMANN_EV_K, HARTREE_EV
+
+__all__ = ["TEST_DEVICES", "VCMConfig", "demo_config", "load_config", "run_experiment"]
+
+#: The four unseen test devices: name -> DeviceSpec fields on top of ``VCMConfig.device``.
+TEST_DEVICES: dict[str, dict] = {
+    "Filament 1": {"vacancy_mode": "filament", "seed": 101},
+    "Filament 2": {
+        "vacancy_mode": "filament",
+        "filament_end_radius_angstrom": 1.8,
+        "filament_end_center": (0.3, 0.6),
+        "seed": 102,
+    },
+    "Broken 1": {"vacancy_mode": "broken", "gap_angstrom": 4.0, "gap_side": "tin", "seed": 101},
+    "Broken 2": {"vacancy_mode": "broken", "gap_angstrom": 4.0, "gap_side": "ti", "seed": 102},
+}
+
+
+@dataclass(frozen=True)
+class VCMConfig:
+    """Everything the experiment needs (JSON keys = field names; nested dicts as given).
+
+    Attributes:
+        device: :class:`hamjax.structures.DeviceSpec` fields shared by every device.
+        train_seeds: one random-vacancy training device per seed.
+        validation_seed: seed of the random-vacancy validation device.
+        vacancy_density: fraction of oxide O removed in the random devices.
+        filament_background_density: random vacancies outside the filaments of test devices.
+        test_devices: name -> DeviceSpec fields of each test device.
+        tblite: :class:`hamjax.reference.tblite.TBLiteSettings` fields.
+        model: :class:`hamjax.models.ModelConfig` fields (the basis is GFN1-xTB's).
+        train: :class:`hamjax.train.TrainConfig` fields (data paths are filled in).
+        lead_cells: TiN conventional cells (4.24 A) per lead cell; at least the cutoff.
+        bias_volt: bias between the electrodes, volts.
+        temperature_k: electrode temperature, kelvin.
+        energy_window_ev: T(E) is computed on E_F +/- this, eV (must exceed bias/2).
+        n_energies: energy points.
+        sensitivity_device: test device for the sensitivity maps ("" skips them).
+        finite_difference_atoms: atoms displaced for the finite-difference check of dI/dR.
+        finite_difference_step_angstrom: displacement of that check.
+    """
+
+    device: Mapping = field(default_factory=dict)
+    train_seeds: tuple[int, ...] = (1, 2)
+    validation_seed: int = 3
+    vacancy_density: float = 0.1
+    filament_background_density: float = 0.02
+    test_devices: Mapping = field(default_factory=lambda: dict(TEST_DEVICES))
+    tblite: Mapping = field(default_factory=dict)
+    model: Mapping = field(default_factory=dict)
+    train: Mapping = field(default_factory=dict)
+    lead_cells: int = 2
+    bias_volt: float = 1.0
+    temperature_k: float = 300.0
+    energy_window_ev: float = 1.0
+    n_energies: int = 161
+    sensitivity_device: str = "Filament 1"
+    finite_difference_atoms: int = 3
+    finite_difference_step_angstrom: float = 0.005
+
+    def __post_init__(self):
+        if self.energy_window_ev <= self.bias_volt / 2:
+            raise ValueError(
+                f"VCMConfig: energy_window_ev ({self.energy_window_ev}) must exceed half the "
+                f"bias ({self.bias_volt / 2})"
+            )
+        if self.sensitivity_device and self.sensitivity_device not in self.test_devices:
+            raise ValueError(
+                f"VCMConfig: sensitivity_device {self.sensitivity_device!r} is not one of the "
+                f"test devices {list(self.test_devices)}"
+            )
+        if not self.train_seeds:
+            raise ValueError("VCMConfig: train_seeds is empty")
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def demo_config() -> VCMConfig:
+    """The small setting of ``hamjax demo``: minutes on two CPU cores.
+
+    Devices one TiN cell (4.24 A) across, 10 A of oxide and 6 A of Ti between four TiN cells
+    on each side (the leads need two cells of 8.48 A >= the 6 A cutoff at each end); a
+    small model (8 channels) trained for a few dozen epochs.
+    """
+    return VCMConfig(
+        device={
+            "transverse_cells": (1, 1),
+            "tin_left_cells": 4,
+            "tin_right_cells": 4,
+            "hfo2_thickness_angstrom": 10.0,
+            "ti_thickness_angstrom": 6.0,
+            "filament_radius_angstrom": 2.5,
+        },
+        model={"cutoff": 6.0, "max_ell": 4, "channels": 8, "heads": 2},
+        train={
+            "epochs": 30,
+            "learning_rate": 5e-3,
+            "final_learning_rate": 5e-4,
+            "warmup_steps": 20,
+            "slice_width_angstrom": 8.0,
+        },
+        n_energies=81,
+    )
+
+
+def load_config(path: str | os.PathLike | None) -> VCMConfig:
+    """A :class:`VCMConfig` from a JSON file (None: the defaults); unknown keys are named."""
+    if path is None:
+        return VCMConfig()
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    known = {f.name for f in dataclasses.fields(VCMConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {unknown}; known keys are {sorted(known)}")
+    for key in ("train_seeds",):
+        if key in data:
+            data[key] = tuple(data[key])
+    return VCMConfig(**data)
+
+
+# ------------------------------------------------------------------------------- devices
+def build_devices(config: VCMConfig) -> dict[str, dict]:
+    """Name -> ``{"atoms", "role", "spec"}`` for every device of the experiment."""
+    from hamjax.structures import DeviceSpec, build_device
+
+    base = dict(config.device)
+    jobs: dict[str, tuple[str, dict]] = {}
+    for seed in config.train_seeds:
+        random = {"vacancy_mode": "random", "vacancy_density": config.vacancy_density}
+        jobs[f"train-{seed}"] = ("train", {**base, **random, "seed": seed})
+    jobs["validation"] = (
+        "validation",
+        {
+            **base,
+            "vacancy_mode": "random",
+            "vacancy_density": config.vacancy_density,
+            "seed": config.validation_seed,
+        },
+    )
+    for name, fields in config.test_devices.items():
+        spec = {**base, "vacancy_density": config.filament_background_density, **fields}
+        jobs[name] = ("test", spec)
+    devices = {}
+    for name, (role, fields) in jobs.items():
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+        try:
+            spec = DeviceSpec(**fields)
+        except TypeError as err:
+            raise ValueError(f"device {name!r}: {err}") from None
+        devices[name] = {"atoms": build_device(spec), "role": role, "spec": spec}
+    return devices
+
+
+def _file_name(name: str) -> str:
+    return name.lower().replace(" ", "_")
+
+
+def compute_references(devices: dict, folder: Path, settings: Mapping, progress: bool) -> dict:
+    """Reference records of every device (tblite), cached as dataset files in ``folder``."""
+    from tqdm.auto import tqdm
+
+    from hamjax.io import dataset
+    from hamjax.reference.worker import compute_in_subprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    records, timings = {}, {}
+    bar = tqdm(devices.items(), desc="references (tblite)", disable=not progress, unit="device")
+    for name, device in bar:
+        path = folder / f"{_file_name(name)}.npz"
+        if path.exists():
+            try:
+                records[name] = dataset.load(path)
+                continue
+            except ValueError:
+                pass  # unreadable: compute again
+        bar.set_postfix_str(f"{name}: {len(device['atoms'])} atoms")
+        summary = compute_in_subprocess(
+            device["atoms"], path, engine="tblite", settings=dict(settings), name=name
+        )
+        if summary.get("status") != "done":
+            raise RuntimeError(
+                f"reference of device {name!r} failed ({summary.get('status')}): "
+                f"{summary.get('error', summary)}"
+            )
+        timings[name] = summary.get("process_wall_time_s")
+        records[name] = dataset.load(path)
+    return {"records": records, "timings": timings}
+
+
+# ------------------------------------------------------------------------------ errors
+def fold_prediction(predicted, reference):
+    """Predicted H folded to Gamma on its atom pairs, with the reference's S on the same pairs.
+
+    Returns:
+        ``(predicted_gamma, reference_on_pairs)``: two records with identical pairs, shifts
+        zero, the first holding the predicted H and the reference S, the second the
+        reference H and S (so entries align one to one).
+    """
+    from hamjax.blocks import BlockHamiltonian
+
+    pairs = np.unique(predicted.pairs, axis=0)
+    common = dict(
+        numbers=reference.numbers,
+        positions=reference.positions,
+        cell=reference.cell,
+        pbc=reference.pbc,
+        basis=reference.basis,
+        threshold=-1.0,
+        candidate_pairs=pairs,
+        fermi_level=reference.fermi_level,
+    )
+    s = reference.to_sparse("overlap")
+    folded = BlockHamiltonian.from_dense(
+        hamiltonian=predicted.to_sparse("hamiltonian"), overlap=s, **common
+    )
+    on_pairs = BlockHamiltonian.from_dense(
+        hamiltonian=reference.to_sparse("hamiltonian"), overlap=s, **common
+    )
+    if not np.array_equal(folded.pairs, on_pairs.pairs):
+        raise AssertionError("folded prediction and reference disagree on their pairs")
+    return folded, on_pairs
+
+
+def entry_errors(folded, on_pairs) -> dict[str, np.ndarray]:
+    """Per-entry H errors (prediction - reference, Hartree) of node and edge blocks."""
+    sizes = np.diff(folded.block_offsets)
+    is_node = np.repeat(folded.pairs[:, 0] == folded.pairs[:, 1], sizes)
+    error = folded.hamiltonian - on_pairs.hamiltonian
+    return {"node": error[is_node], "edge": error[~is_node], "total": error}
+
+
+def mae_row(errors: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Node, edge and total MAE in meV and mEh."""
+    row = {}
+    for part in ("node", "edge", "total"):
+        mae = float(np.mean(np.abs(errors[part]))) if errors[part].size else float("nan")
+        row[f"{part}_mae_meV"] = mae * HARTREE_EV * 1e3
+        row[f"{part}_mae_mEh"] = mae * 1e3
+    return row
+
+
+# --------------------------------------------------------------------------- transport
+def device_transport(record, config: VCMConfig, cutoff: float, fermi_level_ev: float) -> dict:
+    """T(E) on ``E_F +/- window`` and the current at the bias of one record."""
+    from hamjax.structures import A_TIN
+    from hamjax.transport import current, transmission
+    from hamjax.two_terminal import open_device
+
+    device = open_device(record, cutoff=cutoff, lead_width=config.lead_cells * A_TIN)
+    energies = fermi_level_ev + np.linspace(
+        -config.energy_window_ev, config.energy_window_ev, config.n_energies
+    )
+    result = transmission(device.hamiltonian, device.overlap, device.layers, energies)
+    t = np.asarray(result.transmission)
+    i = float(
+        current(
+            energies,
+            t,
+            config.bias_volt,
+            fermi_level=fermi_level_ev,
+            temperature=config.temperature_k,
+        )
+    )
+    return {
+        "device": device,
+        "energies": energies,
+        "transmission": t,
+        "current": i,
+        "fermi_level": fermi_level_ev,
+        "max_residual": float(max(np.max(result.residual_left), np.max(result.residual_right))),
+    }
+
+
+# ------------------------------------------------------------------------------ figures
+def plot_errors(errors: Mapping[str, Mapping[str, np.ndarray]], path: Path) -> None:
+    """Violin plots of per-entry errors (meV), node and edge, 5th/95th percentiles marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(errors)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
+    for ax, part in zip(axes, ("node", "edge"), strict=True):
+        data = [errors[n][part] * HARTREE_EV * 1e3 for n in names]
+        parts = ax.violinplot(data, showextrema=False, widths=0.8)
+        for body in parts["bodies"]:
+            body.set_alpha(0.6)
+        for k, values in enumerate(data, start=1):
+            p5, p95 = np.percentile(values, [5, 95])
+            ax.hlines([p5, p95], k - 0.25, k + 0.25, color="k", lw=1)
+            ax.plot(k, np.median(values), "o", color="k", ms=3)
+        lim = max(np.percentile(np.abs(np.concatenate(data)), 99.5), 1e-3)
+        ax.set_ylim(-lim, lim)
+        ax.set_xticks(range(1, len(names) + 1), names)
+        ax.axhline(0, color="0.6", lw=0.6)
+        ax.set_title(f"{part} blocks (bars: 5th / 95th percentile)")
+        ax.set_ylabel("H error, predicted - reference (meV)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def plot_transmission(results: Mapping[str, Mapping], bias: float, path: Path) -> None:
+    """T(E) of reference and prediction per test device, log scale, bias window shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    cols = 2
+    rows = (len(names) + 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(11, 3.6 * rows), squeeze=False)
+    for ax, name in zip(axes.ravel(), names, strict=False):
+        ref, pred = results[name]["reference"], results[name]["prediction"]
+        ef = ref["fermi_level"]
+        floor = 1e-12
+        ax.semilogy(
+            ref["energies"] - ef,
+            np.maximum(ref["transmission"], floor),
+            "k-",
+            label=f"reference, I = {ref['current'] * 1e6:.3g} uA",
+        )
+        ax.semilogy(
+            pred["energies"] - ef,
+            np.maximum(pred["transmission"], floor),
+            "C3--",
+            label=f"predicted, I = {pred['current'] * 1e6:.3g} uA",
+        )
+        ax.axvspan(-bias / 2, bias / 2, color="C0", alpha=0.12, label=f"bias window ({bias} V)")
+        ax.set_title(name)
+        ax.set_xlabel("E - E_F (eV)")
+        ax.set_ylabel("T(E)")
+        ax.legend(fontsize=8, loc="lower right")
+    for ax in axes.ravel()[len(names) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def plot_sensitivity(atoms, values: Mapping[str, np.ndarray], path: Path, title: str) -> None:
+    """Atoms in the x-y projection coloured by each sensitivity (log scale), one row each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    positions = atoms.positions
+    fig, axes = plt.subplots(len(values), 1, figsize=(11, 2.6 * len(values)), squeeze=False)
+    for ax, (label, v) in zip(axes[:, 0], values.items(), strict=True):
+        v = np.abs(np.asarray(v))
+        floor = max(v.max() * 1e-4, 1e-300)
+        order = np.argsort(v)
+        sc = ax.scatter(
+            positions[order, 0],
+            positions[order, 1] + 0.15 * positions[order, 2],
+            c=np.maximum(v[order], floor),
+            cmap="viridis",
+            norm=LogNorm(vmin=floor, vmax=max(v.max(), floor * 10)),
+            s=40,
+            edgecolors="k",
+            linewidths=0.3,
+        )
+        vac = np.asarray(atoms.info.get("vacancies", np.zeros((0, 3)))).reshape(-1, 3)
+        if len(vac):
+            ax.scatter(
+                vac[:, 0], vac[:, 1] + 0.15 * vac[:, 2], marker="x", c="r", s=30, label="O vacancy"
+            )
+            ax.legend(loc="upper right", fontsize=8)
+        fig.colorbar(sc, ax=ax, label=label)
+        ax.set_ylabel("y + 0.15 z (A)")
+    axes[-1, 0].set_xlabel("x, transport axis (A)")
+    axes[0, 0].set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- sensitivity
+def sensitivity_maps(
+    predictor,
+    record,
+    atoms,
+    transport: Mapping,
+    config: VCMConfig,
+    fermi_level_ev: float,
+    out: Path,
+) -> dict:
+    """dI/dH per atom (solver), dI/dR per atom (model), and a finite-difference check."""
+    import jax
+    import jax.numpy as jnp
+
+    from hamjax.graph import build_graph
+    from hamjax.sensitivity import current_and_hamiltonian_gradient, per_atom, position_chain
+
+    device = transport["device"]
+    energies = transport["energies"]
+    kwargs = dict(fermi_level=fermi_level_ev, temperature=config.temperature_k)
+    current_h, grad_h = current_and_hamiltonian_gradient(
+        device, energies, config.bias_volt, **kwargs
+    )
+    per_atom_h = per_atom(grad_h, device, record.orbital_counts)
+
+    model_config = dataclasses.replace(predictor.config, dtype="float64")
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), predictor.params)
+    graph = build_graph(atoms, model_config.cutoff)
+    chain = position_chain(model_config, graph, device, energies, config.bias_volt, **kwargs)
+    positions = jnp.asarray(atoms.positions)
+    value_and_grad = jax.jit(jax.value_and_grad(chain, argnums=1))
+    current_r, grad_r = value_and_grad(params, positions)
+    grad_r = np.asarray(grad_r)
+    norms = np.linalg.norm(grad_r, axis=1)
+
+    # Finite differences: move the most sensitive atoms along their gradient.
+    step = config.finite_difference_step_angstrom
+    checks = []
+    chain_jit = jax.jit(chain)
+    for atom in np.argsort(norms)[::-1][: config.finite_difference_atoms]:
+        direction = grad_r[atom] / max(norms[atom], 1e-300)
+        shift = np.zeros_like(atoms.positions)
+        shift[atom] = step * direction
+        plus = float(chain_jit(params, positions + shift))
+        minus = float(chain_jit(params, positions - shift))
+        checks.append(
+            {
+                "atom": int(atom),
+                "element": atoms.get_chemical_symbols()[atom],
+                "analytic_A_per_angstrom": float(norms[atom]),
+                "finite_difference_A_per_angstrom": (plus - minus) / (2 * step),
+            }
+        )
+    plot_sensitivity(
+        atoms,
+        {"|dI/dH| per atom (A/eV)": per_atom_h, "|dI/dR| per atom (A/A)": norms},
+        out / "sensitivity.png",
+        title=f"Current sensitivity of {record.metadata.get('name', 'the device')}",
+    )
+    return {
+        "current_from_predicted_H_A": float(current_h),
+        "current_through_model_A": float(current_r),
+        "most_sensitive_atoms_dI_dH": [int(a) for a in np.argsort(per_atom_h)[::-1][:5]],
+        "most_sensitive_atoms_dI_dR": [int(a) for a in np.argsort(norms)[::-1][:5]],
+        "finite_difference_check": checks,
+    }
+
+
+# ---------------------------------------------------------------------------- pipeline
+def _markdown_table(rows: list[dict]) -> str:
+    head = (
+        "| device | node MAE (meV / mEh) | edge MAE (meV / mEh) | total MAE (meV / mEh) "
+        "| I_ref (A) | I_pred (A) | I_pred / I_ref |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['device']} | {r['node_mae_meV']:.2f} / {r['node_mae_mEh']:.3f} "
+            f"| {r['edge_mae_meV']:.2f} / {r['edge_mae_mEh']:.3f} "
+            f"| {r['total_mae_meV']:.2f} / {r['total_mae_mEh']:.3f} "
+            f"| {r['current_ref_A']:.3e} | {r['current_pred_A']:.3e} "
+            f"| {r['current_pred_A'] / r['current_ref_A']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def run_experiment(
+    config: VCMConfig, out: str | os.PathLike, *, progress: bool = True, echo=print
+) -> dict:
+    """Run the whole experiment into folder ``out`` (resumable: references and training)."""
+    from hamjax.inference import Predictor
+    from hamjax.models import ModelConfig
+    from hamjax.structures import plot_device
+    from hamjax.train import TrainConfig, train, vcm_basis
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "config.json", config.to_dict())
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    devices = build_devices(config)
+    timings["build_devices_s"] = time.perf_counter() - t0
+    for name, device in devices.items():
+        if device["role"] == "test":
+            plot_device(device["atoms"], out / f"device_{_file_name(name)}.png", title=name)
+    sizes = ", ".join(f"{n}: {len(d['atoms'])} atoms" for n, d in devices.items())
+    echo(f"built {len(devices)} devices ({sizes})")
+
+    t0 = time.perf_counter()
+    refs = compute_references(devices, out / "data", config.tblite, progress)
+    records = refs["records"]
+    timings["references_s"] = time.perf_counter() - t0
+    timings["reference_per_device_s"] = refs["timings"]
+
+    model_config = ModelConfig(basis=vcm_basis(), **dict(config.model))
+    names = {
+        role: [n for n, d in devices.items() if d["role"] == role]
+        for role in ("train", "validation", "test")
+    }
+    train_fields = {"progress": progress, **dict(config.train)}
+    train_config = TrainConfig(
+        model=model_config,
+        data=tuple(str(out / "data" / f"{_file_name(n)}.npz") for n in names["train"]),
+        validation_data=tuple(
+            str(out / "data" / f"{_file_name(n)}.npz") for n in names["validation"]
+        ),
+        **train_fields,
+    )
+    t0 = time.perf_counter()
+    last = train(
+        train_config,
+        out / "model",
+        records=([records[n] for n in names["train"]], [records[n] for n in names["validation"]]),
+        echo=echo if progress else None,
+    )
+    timings["training_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    predictor = Predictor.load(out / "model")
+    tests = names["test"]
+    predictions = predictor.predict([records[n] for n in tests], with_overlap=False)
+    timings["prediction_s"] = time.perf_counter() - t0
+
+    fermi_train = float(np.mean([records[n].fermi_level for n in names["train"]])) * HARTREE_EV
+    rows, errors, transport, folded = [], {}, {}, {}
+    t0 = time.perf_counter()
+    for name, predicted in zip(tests, predictions, strict=True):
+        reference = records[name]
+        folded[name], on_pairs = fold_prediction(predicted, reference)
+        errors[name] = entry_errors(folded[name], on_pairs)
+        ref_t = device_transport(
+            reference, config, model_config.cutoff, reference.fermi_level * HARTREE_EV
+        )
+        pred_t = device_transport(folded[name], config, model_config.cutoff, fermi_train)
+        transport[name] = {"reference": ref_t, "prediction": pred_t}
+        rows.append(
+            {
+                "device": name,
+                "atoms": len(devices[name]["atoms"]),
+                **mae_row(errors[name]),
+                "current_ref_A": ref_t["current"],
+                "current_pred_A": pred_t["current"],
+                "fermi_level_ref_eV": ref_t["fermi_level"],
+                "fermi_level_pred_eV": pred_t["fermi_level"],
+                "dropped_beyond_cutoff_max_eV": ref_t["device"].dropped_max_ev,
+                "max_dyson_residual": max(ref_t["max_residual"], pred_t["max_residual"]),
+            }
+        )
+    timings["transport_s"] = time.perf_counter() - t0
+
+    plot_errors(errors, out / "errors.png")
+    plot_transmission(transport, config.bias_volt, out / "transmission.png")
+    (out / "table.md").write_text(_markdown_table(rows))
+    _write_json(out / "table.json", rows)
+
+    sensitivity = None
+    if config.sensitivity_device:
+        t0 = time.perf_counter()
+        name = config.sensitivity_device
+        record = folded[name].replace(metadata={**folded[name].metadata, "name": name})
+        sensitivity = sensitivity_maps(
+            predictor,
+            record,
+            devices[name]["atoms"],
+            transport[name]["prediction"],
+            config,
+            fermi_train,
+            out,
+        )
+        timings["sensitivity_s"] = time.perf_counter() - t0
+
+    summary = {
+        "devices": {
+            r["device"]: {
+                k: r[k]
+                for k in (
+                    "node_mae_meV",
+                    "edge_mae_meV",
+                    "total_mae_meV",
+                    "current_ref_A",
+                    "current_pred_A",
+                )
+            }
+            for r in rows
+        },
+        "validation_total_mae_meV": last.get("validation/total_mae_meV") if last else None,
+        "bias_volt": config.bias_volt,
+        "temperature_k": config.temperature_k,
+        "fermi_level_train_eV": fermi_train,
+        "kT_eV": BOLTZMANN_EV_K * config.temperature_k,
+        "sensitivity": sensitivity,
+        "timings": timings,
+    }
+    _write_json(out / "timings.json", timings)
+    _write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,79 @@
+"""Pieces of the VCM experiment: error folding against exact values, config checks."""
+
+import json
+
+import numpy as np
+import pytest
+
+from hamjax.basis import Basis
+from hamjax.blocks import BlockHamiltonian
+from hamjax.constants import HARTREE_EV
+from hamjax.vcm import VCMConfig, entry_errors, fold_prediction, load_config, mae_row
+
+BASIS = Basis.from_dict("two-s", {"H": (0, 0)})
+
+
+def _reference():
+    rng = np.random.default_rng(0)
+    n = 4
+    h = rng.normal(size=(2 * n, 2 * n))
+    s = np.eye(2 * n) + 0.05 * rng.normal(size=(2 * n, 2 * n))
+    positions = np.array([[0.5, 0, 0], [1.5, 0, 0], [2.5, 0, 0], [3.5, 0, 0]])
+    return BlockHamiltonian.from_dense(
+        np.ones(n, int),
+        positions,
+        np.diag([4.0, 3.0, 3.0]),
+        [True, True, True],
+        BASIS,
+        h + h.T,
+        s + s.T,
+        fermi_level=-0.1,
+    )
+
+
+def test_folded_prediction_errors_are_exact():
+    reference = _reference()
+    # A prediction with two periodic images of pair (0, 1): (0, 1, 0) and (0, 1, (0, 1, 0)).
+    # Folded, their sum must equal reference block + 0.01 exactly.
+    target = reference.to_dense()
+    pairs, shifts, values = [], [], []
+    for i in range(4):
+        for j in range(4):
+            block = target[2 * i : 2 * i + 2, 2 * j : 2 * j + 2] + 0.01
+            if (i, j) in [(0, 1), (1, 0)]:
+                pairs += [(i, j), (i, j)]
+                shift = (0, 1, 0) if (i, j) == (0, 1) else (0, -1, 0)
+                shifts += [(0, 0, 0), shift]
+                values += [block.ravel() * 0.25, block.ravel() * 0.75]
+            else:
+                pairs.append((i, j))
+                shifts.append((0, 0, 0))
+                values.append(block.ravel())
+    predicted = reference.replace(
+        pairs=np.array(pairs),
+        shifts=np.array(shifts),
+        hamiltonian=np.concatenate(values),
+        overlap=None,
+    )
+    folded, on_pairs = fold_prediction(predicted, reference)
+    np.testing.assert_allclose(folded.to_dense("overlap"), reference.to_dense("overlap"))
+    errors = entry_errors(folded, on_pairs)
+    assert errors["node"].size == 4 * 4 and errors["edge"].size == 12 * 4
+    np.testing.assert_allclose(errors["total"], 0.01, atol=1e-12)
+    row = mae_row(errors)
+    assert row["total_mae_mEh"] == pytest.approx(10.0)
+    assert row["edge_mae_meV"] == pytest.approx(0.01 * HARTREE_EV * 1e3)
+
+
+def test_config_rejects_unknown_keys_and_bad_window(tmp_path):
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"bias_volt": 1.0, "nonsense": 3}))
+    with pytest.raises(ValueError, match="nonsense"):
+        load_config(path)
+    with pytest.raises(ValueError, match="energy_window_ev"):
+        VCMConfig(bias_volt=3.0, energy_window_ev=1.0)
+    with pytest.raises(ValueError, match="sensitivity_device"):
+        VCMConfig(sensitivity_device="Filament 9")
+    path.write_text(json.dumps({"train_seeds": [4, 5], "n_energies": 11}))
+    config = load_config(path)
+    assert config.train_seeds == (4, 5) and config.n_energies == 11
