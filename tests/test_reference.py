@@ -292,3 +292,27 @@ def test_generate_bad_config_names_the_key(tmp_path, capsys):
     config.write_text(json.dumps({"settings": {"temperature": 0.01}, "structures": []}))
     assert _generate("--config", config, "-o", tmp_path / "out") == 2
     assert "temperature" in capsys.readouterr().err
+
+
+def test_generate_records_a_failed_scf_and_writes_no_file(tmp_path):
+    pytest.importorskip("hamjax.io.dataset")
+    import ase.io
+
+    structures = tmp_path / "water.xyz"
+    ase.io.write(structures, molecule("H2O"))
+    out = tmp_path / "out"
+    rc = _generate(
+        "--structures",
+        structures,
+        "-o",
+        out,
+        "--in-process",
+        "--set",
+        "max_iterations=2",
+        "--set",
+        "retry=false",
+    )
+    assert rc == 1
+    entry = json.loads((out / "manifest.json").read_text())["structures"]["water"]
+    assert entry["status"] == "not-converged" and "2 cycles" in entry["error"]
+    assert not list(out.glob("*.npz"))

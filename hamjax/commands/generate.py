@@ -310,6 +310,8 @@ def _compute(job: Job, atoms, output: Path, engine: str, settings: dict, args) -
             record = compute_reference(atoms, engine, name=job.name, **settings)
         except SCFConvergenceError as err:
             return {"status": "not-converged", "error": str(err), "attempts": err.attempts}
+        except (ValueError, RuntimeError) as err:
+            return {"status": "error", "error": f"{type(err).__name__}: {err}"}
         save(record, output)
         result = summarise(record, output)
         result.update(status="done", process_wall_time_s=time.perf_counter() - t0)
