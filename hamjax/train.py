@@ -107,11 +107,9 @@ def _model_config_class():
 
 def vcm_basis():
     """GFN1-xTB shells (tblite order) of the VCM elements: N, O: s,p; Ti, Hf: d,s,p."""
-    from hamjax.basis import Basis
+    from hamjax.basis import gfn1_xtb_basis
 
-    return Basis.from_dict(
-        "tblite:gfn1-xtb", {"N": (0, 1), "O": (0, 1), "Ti": (2, 0, 1), "Hf": (2, 0, 1)}
-    )
+    return gfn1_xtb_basis(["N", "O", "Ti", "Hf"])
 
 
 @dataclass(frozen=True)
@@ -889,7 +887,8 @@ def train(
     *,
     records: tuple[list, list] | None = None,
     echo: Callable[[str], None] | None = print,
-) -> dict:
+    return_state: bool = False,
+):
     """Train (or resume training) a model; write checkpoints and ``log.jsonl`` to ``out_dir``.
 
     Args:
@@ -899,10 +898,11 @@ def train(
         records: ``(train, validation)`` lists of BlockHamiltonian records to use instead of
             the ``data`` files of the config.
         echo: where one line per epoch goes (None: silent).
+        return_state: also return the final :class:`TrainState` (host arrays).
 
     Returns:
         The last epoch's log record (see ``log.jsonl``), or the restored one when nothing
-        was left to do.
+        was left to do; with ``return_state``, ``(record, state)``.
     """
     from tqdm.auto import tqdm
 
@@ -1013,4 +1013,6 @@ def train(
                 f"edge {val_metrics['edge_mae_meV']:.3f})  {record['epoch_time_s']:.1f} s"
             )
     manager.close()
+    if return_state:
+        return record, jax.device_get(state)
     return record
