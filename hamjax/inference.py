@@ -145,7 +145,6 @@ class Predictor:
 
         order = sorted(range(len(jobs)), key=lambda k: (jobs[k].graph.n_edge, jobs[k].graph.n_node))
         results: list = [None] * len(jobs)
-        sizes = [(jobs[k].graph.n_node, jobs[k].graph.n_edge) for k in order]
         # Batches of similar graphs: consecutive (size-sorted) graphs up to the count limit,
         # each padded to a ladder budget, so similar batches share one shape.
         start = 0
@@ -163,7 +162,6 @@ class Predictor:
                     edge[edge_off[slot] : edge_off[slot + 1]],
                 )
             start = stop
-        del sizes
         return results
 
     def predict(

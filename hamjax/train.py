@@ -21,7 +21,8 @@ names them. ``hamjax train --print-default-config`` prints the full default file
       "model": {"max_ell": 4, "channels": 16}
     }
 
-The config is saved as ``config.json`` in the output folder and inside every checkpoint.
+Relative data paths are relative to the config file. The config is saved as ``config.json``
+in the output folder and inside every checkpoint.
 
 Losses and metrics
 ------------------
@@ -88,12 +89,16 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "default_config",
+    "evaluate_records",
+    "load_checkpoint",
+    "make_batches",
     "load_config",
     "make_eval_step",
     "make_optimizer",
     "make_train_step",
     "metrics_from_sums",
     "save_config",
+    "stack_for_devices",
     "train",
 ]
 
@@ -298,7 +303,11 @@ def config_from_dict(data: Mapping) -> TrainConfig:
 
 
 def load_config(path: str | os.PathLike) -> TrainConfig:
-    """Read a JSON config file (errors name the file)."""
+    """Read a JSON config file (errors name the file).
+
+    Relative ``data`` and ``validation_data`` paths (and glob patterns) are taken relative
+    to the config file's folder.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
@@ -309,9 +318,17 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: the config must be a JSON object")
     try:
-        return config_from_dict(data)
+        config = config_from_dict(data)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
+    base = path.resolve().parent
+
+    def resolve(paths):
+        return tuple(p if os.path.isabs(p) else str(base / p) for p in paths)
+
+    return dataclasses.replace(
+        config, data=resolve(config.data), validation_data=resolve(config.validation_data)
+    )
 
 
 def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
@@ -879,6 +896,23 @@ def evaluate_batches(eval_step, params, batches: Sequence[Mapping], placement) -
         for group in stack_for_devices(batches, placement.n_shard)
     ]
     return metrics_from_sums(_accumulate(sums))
+
+
+def evaluate_records(
+    model_dir: str | os.PathLike, records: Sequence, *, which: str = "best"
+) -> dict[str, float]:
+    """Loss and node / edge / total MAE (mEh, meV) of a trained model on block records.
+
+    Whole structures are evaluated (no slices), with the model's own loss settings
+    (energy-reference alignment included when it was trained with it).
+    """
+    from hamjax.models import HamiltonianModel
+
+    config, params, _ = load_checkpoint(model_dir, which)
+    config = dataclasses.replace(config, slice_width_angstrom=None)
+    batches = make_batches(list(records), config)
+    eval_step = make_eval_step(HamiltonianModel(config.model), config)
+    return evaluate_batches(eval_step, jax.device_put(params), batches, _Placement(False))
 
 
 def train(

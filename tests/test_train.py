@@ -195,7 +195,7 @@ def test_metrics_units():
 def test_config_json_round_trip_and_bad_keys(tmp_path):
     config = train.TrainConfig(
         model=small_model_config(),
-        data=("a.npz", "b.npz"),
+        data=("/data/a.npz", "/data/b.npz"),
         epochs=3,
         loss="mae",
         slice_width_angstrom=None,
@@ -203,6 +203,11 @@ def test_config_json_round_trip_and_bad_keys(tmp_path):
     path = tmp_path / "cfg.json"
     train.save_config(config, path)
     assert train.load_config(path) == config
+    # relative data paths are relative to the config file
+    (tmp_path / "rel.json").write_text('{"data": ["d/x.npz"], "validation_data": ["/v.npz"]}')
+    relative = train.load_config(tmp_path / "rel.json")
+    assert relative.data == (str(tmp_path.resolve() / "d" / "x.npz"),)
+    assert relative.validation_data == ("/v.npz",)
     # defaults: VCM basis, paper-like settings
     default = train.default_config()
     assert default.model.max_ell == 4 and default.model.channels == 16
@@ -245,6 +250,26 @@ def test_schedule_warmup_and_decay():
     config = dataclasses.replace(config, schedule="exponential")
     _, schedule = train.make_optimizer(config, total_steps=110)
     assert float(schedule(60)) == pytest.approx(1e-3 * (1e-2) ** 0.5, rel=1e-6)
+    # plateau: the step size is cut by plateau_factor once the loss stops improving
+    config = dataclasses.replace(
+        config,
+        schedule="plateau",
+        warmup_steps=0,
+        plateau_patience=2,
+        plateau_factor=0.5,
+        gradient_clip_norm=0.0,
+    )
+    optimizer, _ = train.make_optimizer(config, total_steps=100, steps_per_epoch=1)
+    params = {"w": jnp.ones(3)}
+    state = optimizer.init(params)
+    sizes = []
+    for _ in range(8):
+        updates, state = optimizer.update({"w": jnp.ones(3)}, state, params, value=1.0)
+        sizes.append(float(jnp.abs(updates["w"][0])))
+    # a constant loss never improves: the scale halves every plateau_patience updates
+    assert sizes[1] == pytest.approx(1e-3, rel=1e-4)
+    assert sizes[-1] == pytest.approx(1e-3 * 0.5**3, rel=1e-4)
+    assert train._plateau_scale(state) == 0.125
 
 
 def test_stack_for_devices_groups_by_shape_and_blanks_the_rest(tiny_records):
