@@ -33,7 +33,7 @@ def test_default_example_matches_exact_chain_with_impurity(tmp_path, capsys):
 
 
 def test_npz_wire_with_layers_from_positions(tmp_path):
-    width, length, t = 3, 5, 1.0
+    width, length, t = 4, 6, 1.0
     cross = -t * (np.eye(width, k=1) + np.eye(width, k=-1))
     h = np.kron(np.eye(length), cross) - t * np.kron(
         np.eye(length, k=1) + np.eye(length, k=-1), np.eye(width)
@@ -46,7 +46,7 @@ def test_npz_wire_with_layers_from_positions(tmp_path):
         orbital_counts=np.ones(width * length, dtype=int),
     )
     out = tmp_path / "wire_out"
-    energies = ["-3.1", "3.1", "8"]  # grid step 0.886 eV: away from the mode edges
+    energies = ["-3.5", "3.5", "8"]  # grid step 1 eV: away from the mode edges
     assert main(["transport", str(path), "--out", str(out), "--energies", *energies]) == 0
     table = read_csv(out / "transmission.csv")
     modes = -2 * t * np.cos(np.arange(1, width + 1) * np.pi / (width + 1))

@@ -127,6 +127,7 @@ def test_grad_matches_analytic_formula_for_interior_perturbations():
     assert np.max(np.abs(np.where(mask, expected_h, 0))) > 1e-2
 
 
+@pytest.mark.slow  # its own compilation (chunked, rematerialised path)
 def test_grad_of_current_matches_central_differences():
     h, s, dh, _, _ = random_device(LAYERS, seed=4)
     energies = np.linspace(-0.5, 0.5, 9)

@@ -130,7 +130,7 @@ def current(
     if temperature == 0:
         weights = _window_weights_zero_kelvin(e, mu_l, mu_r)
     else:
-        weights = _window_weights(e, mu_l, mu_r, temperature)
+        weights = _window_weights(e, mu_l, mu_r, temperature, _subdivision(energies, temperature))
     return CONDUCTANCE_QUANTUM_S * jnp.sum(weights * jnp.asarray(transmission), -1)
 
 
@@ -138,20 +138,22 @@ MAX_SUBDIVISION = 256
 """Most sub-points per grid interval used to resolve the Fermi window at low temperature."""
 
 
-def _window_weights(e, mu_l, mu_r, temperature: float):
+def _subdivision(energies, temperature: float) -> int:
+    """Sub-points per interval: ceil(8 h_max / k_B T), from the concrete grid (1 if traced)."""
+    if isinstance(energies, jax.core.Tracer):
+        return 1
+    h_max = float(np.max(np.diff(np.asarray(energies))))
+    return int(min(MAX_SUBDIVISION, max(1, math.ceil(8 * h_max / (BOLTZMANN_EV_K * temperature)))))
+
+
+def _window_weights(e, mu_l, mu_r, temperature: float, m: int):
     """Weights w_j with sum_j w_j T_j = integral T_interp(E) [f_L - f_R] dE.
 
-    Each grid interval is split into m equal parts, m = ceil(8 h_max / k_B T) (at most
-    MAX_SUBDIVISION), and the trapezoid rule is applied to the linear interpolant of T times
-    the Fermi window; the rule converges exponentially for a Fermi function sampled finer than
+    Each grid interval is split into m equal parts (:func:`_subdivision`) and the trapezoid
+    rule is applied to the linear interpolant of T times the Fermi window; the rule converges
+    exponentially for a Fermi function sampled finer than
     k_B T. With m = 1 this is the plain trapezoid rule on the grid.
     """
-    kt = BOLTZMANN_EV_K * temperature
-    if isinstance(e, jax.core.Tracer):
-        m = 1
-    else:
-        h_max = float(np.max(np.diff(np.asarray(e))))
-        m = int(min(MAX_SUBDIVISION, max(1, math.ceil(8 * h_max / kt))))
     frac = jnp.linspace(0.0, 1.0, m + 1)  # [m + 1]
     trap = jnp.full(m + 1, 1.0 / m).at[0].set(0.5 / m).at[-1].set(0.5 / m)
     e0, h = e[:-1], jnp.diff(e)

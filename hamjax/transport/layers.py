@@ -169,10 +169,10 @@ def principal_layers(
     Atoms must be ordered along the transport axis (their orbitals contiguous in H in that
     order). Layers are contiguous groups of atoms such that H and S couple only neighbouring
     layers. For every possible first layer the rest is built greedily (each next layer holds
-    exactly the atoms the previous layers reach), and the partition with the smallest padded
-    RGF cost ``N_layers * max_b^3`` wins (ties: more layers). Note that the default leads of
-    :func:`hamjax.transport.transmission` repeat the first and last layers: put whole lead
-    cells at both ends of the device.
+    exactly the atoms the previous layers reach). Partitions whose first two and last two
+    layers have equal sizes come first (the default leads of
+    :func:`hamjax.transport.transmission` repeat them; put two whole lead cells at each end of
+    the device), then the smallest padded RGF cost ``N_layers * max_b^3``, then more layers.
 
     Args:
         positions: [n_atoms] coordinates along the transport axis in Angstrom (non-decreasing),
@@ -232,9 +232,10 @@ def principal_layers(
         atom_cuts = np.asarray(cuts)
         orb_cuts = np.concatenate([[0], np.cumsum(counts)])[atom_cuts]
         sizes = np.diff(orb_cuts)
-        cost = (len(sizes) * int(sizes.max()) ** 3, -len(sizes))
+        lead_ready = len(sizes) >= 2 and sizes[0] == sizes[1] and sizes[-1] == sizes[-2]
+        cost = (not lead_ready, len(sizes) * int(sizes.max()) ** 3, -len(sizes))
         if best is None or cost < best[0]:
             best = (cost, tuple(int(s) for s in sizes))
-        if int(sizes[0]) ** 3 > best[0][0]:
+        if not best[0][0] and int(sizes[0]) ** 3 > best[0][1]:
             break  # a larger first layer alone already costs more than the best partition
     return best[1]

@@ -131,8 +131,13 @@ def _self_energies(left: _LeadBlocks, right: _LeadBlocks, energy, eta, max_itera
 
 def _transmission_one(blocks: _Blocks, left, right, energy, eta, max_iterations):
     """T(E) and the two Dyson residuals at one energy (eV)."""
-    e = energy.astype(jnp.complex128)
     sigma_l, sigma_r, res_l, res_r = _self_energies(left, right, energy, eta, max_iterations)
+    return _sweep(blocks, sigma_l, sigma_r, energy), res_l, res_r
+
+
+def _sweep(blocks: _Blocks, sigma_l, sigma_r, energy):
+    """RGF forward sweep: T(E) for given lead self-energies (padded [b, b], eV)."""
+    e = energy.astype(jnp.complex128)
 
     def diag(k):
         return e * blocks.s_diag[k] - blocks.h_diag[k] + jnp.diag(blocks.pad[k])
@@ -170,8 +175,7 @@ def _transmission_one(blocks: _Blocks, left, right, energy, eta, max_iterations)
     gamma_r = 1j * (sigma_r - sigma_r.conj().T)
     lhs = gamma_l @ g_first_last
     rhs = g_first_last @ gamma_r
-    t = jnp.real(jnp.sum(lhs * rhs.conj()))
-    return t, res_l, res_r
+    return jnp.real(jnp.sum(lhs * rhs.conj()))
 
 
 def _chunk_function(max_iterations: int, devices: tuple):
@@ -465,7 +469,7 @@ def transmission(
         chunk = max(n_devices, math.ceil(chunk / n_devices) * n_devices)
     n_energies = energies.shape[0]
     # few distinct chunk shapes (powers of two) keep recompilation rare for short grids
-    short = n_devices * 2 ** math.ceil(math.log2(max(1, math.ceil(n_energies / n_devices))))
+    short = n_devices * 2 ** math.ceil(math.log2(max(8, math.ceil(n_energies / n_devices))))
     chunk = min(chunk, short)
     n_chunks = max(1, math.ceil(n_energies / chunk))
     n_padded = n_chunks * chunk

@@ -1,0 +1,269 @@
+"""Benchmark of the NEGF transport solver: RGF sweep, full T(E), dense solve, gradient of I.
+
+For each device of N principal layers of b orbitals (random Hermitian blocks, non-orthogonal
+S) it measures, in one process and one run:
+
+- ``zgemm``: the machine's complex128 GEMM rate, ``jnp.matmul`` of b x b blocks, batched as
+  the energies are (8 b^3 real flops each);
+- ``sweep``: the RGF forward sweep alone with given lead self-energies, energies/s and
+  achieved GFLOP/s counting the nominal 40 N b^3 real flops per energy (the implementation
+  does about 27 N b^3: one LU with b right-hand sides and two products per layer);
+- ``transmission``: the full T(E) as ``hamjax.transport.transmission`` computes it (both
+  leads' Lopez-Sancho decimation, ~20-25 doubling steps at eta = 1e-5 eV, plus the sweep);
+- ``dense``: one dense direct solve of the n x n system (n = N b) for the first block
+  column per energy, the baseline RGF must beat;
+- ``grad``: ``jax.grad`` of the Landauer current with respect to the device blocks, against
+  the cost of T(E) on the same energies.
+
+Output: one JSON line per measurement with jax version, device, CPU load average, compile
+time (first call minus steady call) and steady-state time (best of ``--repeat``), all
+``block_until_ready``. Targets on the 2-core CPU: sweep >= 40% of the same-run ZGEMM rate
+for b >= 256; T(E) >= 10x faster than the dense solve at N = 32, b = 128; gradient of I
+<= 4x the cost of T(E).
+
+LAPACK (LU, triangular solves) comes from the BLAS bundled with jaxlib's SciPy dependency;
+its thread pool is pinned to one thread here (``OPENBLAS_NUM_THREADS=1`` unless set): on a
+loaded shared machine a multi-threaded LU spins and is 10-50x slower.
+
+    python benchmarks/bench_transport.py            # default: a few minutes
+    python benchmarks/bench_transport.py --full     # N in {8, 32} x b in {64, ..., 512}
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy / jax load OpenBLAS
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+from hamjax.transport import current  # noqa: E402
+from hamjax.transport import rgf  # noqa: E402
+
+ETA = 1e-5
+
+
+def emit(record: dict) -> None:
+    record.update(
+        jax_version=jax.__version__,
+        device=str(jax.devices()[0]),
+        load_average=round(os.getloadavg()[0], 2),
+        openblas_threads=os.environ.get("OPENBLAS_NUM_THREADS"),
+    )
+    print(json.dumps(record), flush=True)
+
+
+def timed(fn, *args, repeat: int):
+    """(first-call seconds, best steady seconds) with block_until_ready."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    first = time.perf_counter() - t0
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - t0)
+    return first, best
+
+
+def random_blocks(n_blocks: int, b: int, seed: int = 0) -> rgf._Blocks:
+    """Random device: Hermitian diagonal blocks, couplings of similar size, S = 1 + small."""
+    rng = np.random.default_rng(seed)
+
+    def cplx(*shape):
+        return rng.normal(size=shape) + 1j * rng.normal(size=shape)
+
+    scale = 1.0 / np.sqrt(b)
+    d = cplx(n_blocks, b, b) * scale
+    h_diag = (d + d.conj().transpose(0, 2, 1)) / 2
+    h_upper = cplx(n_blocks - 1, b, b) * scale
+    s_d = cplx(n_blocks, b, b) * 0.02 * scale
+    s_diag = np.eye(b) + (s_d + s_d.conj().transpose(0, 2, 1)) / 2
+    s_upper = cplx(n_blocks - 1, b, b) * 0.02 * scale
+    c = jnp.complex128
+    return rgf._Blocks(
+        jnp.asarray(h_diag, c),
+        jnp.asarray(s_diag, c),
+        jnp.asarray(h_upper, c),
+        jnp.asarray(s_upper, c),
+        jnp.asarray(h_upper.conj().transpose(0, 2, 1), c),
+        jnp.asarray(s_upper.conj().transpose(0, 2, 1), c),
+        jnp.zeros((n_blocks, b)),
+    )
+
+
+def random_sigma(n_energies: int, b: int, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n_energies, b, b)) + 1j * rng.normal(size=(n_energies, b, b))
+    y = rng.normal(size=(n_energies, b, b)) + 1j * rng.normal(size=(n_energies, b, b))
+    gamma = y @ y.conj().transpose(0, 2, 1) / b
+    return jnp.asarray(0.1 * x / np.sqrt(b) - 0.5j * gamma)
+
+
+def dense_matrix(blocks: rgf._Blocks, energy: float, sigma_l, sigma_r) -> np.ndarray:
+    n_blocks, b, _ = blocks.h_diag.shape
+    a = np.zeros((n_blocks * b, n_blocks * b), complex)
+    hd, sd = np.asarray(blocks.h_diag), np.asarray(blocks.s_diag)
+    hu, su = np.asarray(blocks.h_upper), np.asarray(blocks.s_upper)
+    for k in range(n_blocks):
+        sl = slice(k * b, (k + 1) * b)
+        a[sl, sl] = energy * sd[k] - hd[k]
+        if k + 1 < n_blocks:
+            nx = slice((k + 1) * b, (k + 2) * b)
+            a[sl, nx] = energy * su[k] - hu[k]
+            a[nx, sl] = (energy * su[k] - hu[k]).conj().T
+    a[:b, :b] -= np.asarray(sigma_l)
+    a[-b:, -b:] -= np.asarray(sigma_r)
+    return a
+
+
+def bench_size(n_blocks: int, b: int, n_energies: int, args) -> dict:
+    blocks = random_blocks(n_blocks, b)
+    energies = jnp.asarray(np.linspace(-0.3, 0.3, n_energies))
+    common = {"n_blocks": n_blocks, "b": b, "n_energies": n_energies}
+
+    # complex GEMM rate of this machine, batched like the energies
+    x = random_sigma(n_energies, b, seed=5)
+    y = random_sigma(n_energies, b, seed=6)
+    gemm = jax.jit(jnp.matmul)
+    first, steady = timed(gemm, x, y, repeat=args.repeat)
+    zgemm_gflops = 8 * b**3 * n_energies / steady / 1e9
+    emit(
+        {
+            "what": "zgemm",
+            **common,
+            "compile_s": first - steady,
+            "steady_s": steady,
+            "gflops": zgemm_gflops,
+        }
+    )
+
+    # RGF sweep alone (given self-energies)
+    sig_l, sig_r = random_sigma(n_energies, b, 2), random_sigma(n_energies, b, 3)
+    sweep = jax.jit(jax.vmap(rgf._sweep, in_axes=(None, 0, 0, 0)))
+    first, steady = timed(sweep, blocks, sig_l, sig_r, energies, repeat=args.repeat)
+    gflops = 40 * n_blocks * b**3 * n_energies / steady / 1e9
+    out = {"sweep_s_per_energy": steady / n_energies}
+    emit(
+        {
+            "what": "sweep",
+            **common,
+            "compile_s": first - steady,
+            "steady_s": steady,
+            "energies_per_s": n_energies / steady,
+            "gflops_nominal_40Nb3": gflops,
+            "fraction_of_zgemm": gflops / zgemm_gflops,
+        }
+    )
+
+    # full T(E): decimation of both leads + sweep, as transmission() runs it
+    left, right = rgf._default_leads(blocks, (b,) * n_blocks)
+    chunk = rgf._compiled_chunk(rgf.DEFAULT_MAX_ITERATIONS, tuple(jax.local_devices()[:1]))
+    eta = jnp.asarray(ETA)
+    first, steady = timed(chunk, blocks, left, right, energies, eta, repeat=args.repeat)
+    out["t_s_per_energy"] = steady / n_energies
+    emit(
+        {
+            "what": "transmission",
+            **common,
+            "compile_s": first - steady,
+            "steady_s": steady,
+            "energies_per_s": n_energies / steady,
+            "gflops_nominal_40Nb3": 40 * n_blocks * b**3 * n_energies / steady / 1e9,
+            "lead_share": 1 - out["sweep_s_per_energy"] / out["t_s_per_energy"],
+        }
+    )
+    return {
+        **out,
+        "blocks": blocks,
+        "energies": energies,
+        "left": left,
+        "right": right,
+        "sigma": (sig_l[0], sig_r[0]),
+    }
+
+
+def bench_dense(n_blocks: int, b: int, state: dict, args) -> None:
+    a = jnp.asarray(dense_matrix(state["blocks"], 0.1, *state["sigma"]))
+    rhs = jnp.zeros((n_blocks * b, b), complex).at[:b, :b].set(jnp.eye(b))
+    solve = jax.jit(jnp.linalg.solve)
+    first, steady = timed(solve, a, rhs, repeat=1)
+    emit(
+        {
+            "what": "dense",
+            "n_blocks": n_blocks,
+            "b": b,
+            "n": n_blocks * b,
+            "compile_s": first - steady,
+            "steady_s_per_energy": steady,
+            "speedup_transmission": steady / state["t_s_per_energy"],
+            "speedup_sweep": steady / state["sweep_s_per_energy"],
+        }
+    )
+
+
+def bench_grad(n_blocks: int, b: int, state: dict, args) -> None:
+    blocks, left, right = state["blocks"], state["left"], state["right"]
+    energies = state["energies"]
+    eta = jnp.asarray(ETA)
+    fn = rgf._chunk_function(rgf.DEFAULT_MAX_ITERATIONS, tuple(jax.local_devices()[:1]))
+
+    def amps(h_diag, h_upper):
+        hb = blocks._replace(
+            h_diag=h_diag, h_upper=h_upper, h_lower=h_upper.conj().transpose(0, 2, 1)
+        )
+        lb, rb = rgf._default_leads(hb, (b,) * n_blocks)
+        t = fn(hb, lb, rb, energies, eta)[0]
+        return current(energies, t, 0.2, fermi_level=0.0, temperature=300.0)
+
+    value = jax.jit(amps)
+    grad = jax.jit(jax.grad(amps, argnums=(0, 1)))
+    args_ = (blocks.h_diag, blocks.h_upper)
+    f_first, f_steady = timed(value, *args_, repeat=args.repeat)
+    g_first, g_steady = timed(grad, *args_, repeat=args.repeat)
+    emit(
+        {
+            "what": "grad",
+            "n_blocks": n_blocks,
+            "b": b,
+            "n_energies": int(energies.shape[0]),
+            "compile_s_value": f_first - f_steady,
+            "compile_s_grad": g_first - g_steady,
+            "steady_s_value": f_steady,
+            "steady_s_grad": g_steady,
+            "grad_over_value": g_steady / f_steady,
+        }
+    )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="N in {8, 32} x b in 64..512")
+    parser.add_argument("--repeat", type=int, default=2, help="steady-state repetitions")
+    parser.add_argument("--no-dense", action="store_true", help="skip the dense baseline")
+    args = parser.parse_args(argv)
+    if args.full:
+        sizes = [(n, b) for n in (8, 32) for b in (64, 128, 256, 512)]
+    else:
+        sizes = [(32, 64), (32, 128), (8, 256)]
+    energies_for = {64: 8, 128: 4, 256: 2, 512: 1}
+    for n_blocks, b in sizes:
+        state = bench_size(n_blocks, b, energies_for[b], args)
+        if (n_blocks, b) == (32, 128) and not args.no_dense:
+            bench_dense(n_blocks, b, state, args)
+        if (n_blocks, b) in ((32, 64), (8, 128), (32, 128)):
+            bench_grad(n_blocks, b, state, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
