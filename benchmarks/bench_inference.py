@@ -30,6 +30,9 @@ def parse_args(argv=None):
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--config", default=None, help="model config JSON (default: VCM model)")
     parser.add_argument("--slice-width", type=float, default=4.0, help="training slice, A")
+    parser.add_argument(
+        "--growth", type=float, default=1.25, help="padding ladder ratio (2.0: powers of two)"
+    )
     parser.add_argument("--no-train-step", action="store_true")
     parser.add_argument("--out", default=None, help="append JSON lines to this file")
     return parser.parse_args(argv)
@@ -109,7 +112,9 @@ def main(argv=None) -> int:
         graph = build_graph(atoms, model_config.cutoff, basis=model_config.basis)
         t_graph = time.perf_counter() - start
         start = time.perf_counter()
-        batch, _ = batching.batch_graphs([graph], dtype=np.dtype(model_config.dtype))
+        batch, _ = batching.batch_graphs(
+            [graph], dtype=np.dtype(model_config.dtype), growth=args.growth
+        )
         batch = jax.device_put(jax.tree.map(jnp.asarray, batch))
         t_pad = time.perf_counter() - start
         if predictor is None:
@@ -157,7 +162,7 @@ def main(argv=None) -> int:
             )
             targets = _labelled(targets, piece)
             graphs_tuple, padded = batching.batch_graphs(
-                [piece.graph], [targets], dtype=np.dtype(model_config.dtype)
+                [piece.graph], [targets], dtype=np.dtype(model_config.dtype), growth=args.growth
             )
             stacked = jax.tree.map(
                 lambda x: jnp.asarray(x)[None], train._batch_dict(graphs_tuple, padded)

@@ -172,7 +172,7 @@ class Predictor:
         slice_width_angstrom: float = 10.0,
         slice_axis: int = 0,
         max_graphs_per_batch: int = 8,
-        growth: float = 2.0,
+        growth: float = 1.25,
         with_overlap: bool = True,
     ) -> list[BlockHamiltonian]:
         """Predicted Hamiltonians (Hartree) of ``structures``; see :func:`predict`."""
@@ -250,7 +250,7 @@ def predict(
     slice_width_angstrom: float = 10.0,
     slice_axis: int = 0,
     max_graphs_per_batch: int = 8,
-    growth: float = 2.0,
+    growth: float = 1.25,
     with_overlap: bool = True,
 ) -> list[BlockHamiltonian]:
     """Predict the Hamiltonian of every structure.
@@ -265,8 +265,8 @@ def predict(
         slice_width_angstrom: slice width along ``slice_axis`` for ``slices="exact"``.
         slice_axis: lattice vector to slice along (0 = x, the transport axis of a device).
         max_graphs_per_batch: graphs (structures or slices) per padded batch.
-        growth: ratio of consecutive padded sizes (2.0: powers of two; smaller wastes less
-            padding but compiles more shapes).
+        growth: ratio of consecutive padded sizes (1.25 wastes at most a fifth of a batch on
+            padding; 2.0, powers of two, compiles fewer shapes).
         with_overlap: copy S from input records that have it.
 
     Returns:

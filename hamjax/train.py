@@ -134,6 +134,9 @@ class TrainConfig:
         partition_mode: "paper" (halo of one cutoff, loss on slice nodes and slice-slice
             edges) or "exact" (halo of two cutoffs, loss on every edge touching the slice).
         max_graphs_per_batch: structures (or slices) per batch and device.
+        padding_growth: ratio of consecutive padded sizes (node and edge budgets are rounded
+            up to a ladder with this ratio: 2.0 wastes up to half a batch on padding but
+            compiles fewer shapes; 1.25 wastes at most a fifth).
         epochs: number of passes over the training set.
         checkpoint_every_epochs: save a checkpoint every this many epochs (and after the
             last one); validation runs every epoch regardless.
@@ -163,6 +166,7 @@ class TrainConfig:
     slice_axis: int = 0
     partition_mode: str = "paper"
     max_graphs_per_batch: int = 1
+    padding_growth: float = 1.25
     epochs: int = 200
     checkpoint_every_epochs: int = 1
     seed: int = 0
@@ -197,6 +201,8 @@ class TrainConfig:
         for name in ("epochs", "max_graphs_per_batch", "checkpoint_every_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"config key {name!r} must be at least 1")
+        if self.padding_growth <= 1.0:
+            raise ValueError("config key 'padding_growth' must be above 1")
         if self.learning_rate <= 0 or self.final_learning_rate < 0:
             raise ValueError("config keys 'learning_rate' > 0 and 'final_learning_rate' >= 0")
         if not 0.0 <= self.validation_fraction < 1.0:
@@ -856,7 +862,10 @@ def make_batches(records: Sequence, config: TrainConfig) -> list[dict]:
     for start in range(0, len(items), step):
         chunk = items[start : start + step]
         graphs_tuple, targets = batching.batch_graphs(
-            [g for g, _ in chunk], [t for _, t in chunk], dtype=np.dtype(model_config.dtype)
+            [g for g, _ in chunk],
+            [t for _, t in chunk],
+            dtype=np.dtype(model_config.dtype),
+            growth=config.padding_growth,
         )
         batches.append(_batch_dict(graphs_tuple, targets))
     return batches

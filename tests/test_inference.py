@@ -110,13 +110,19 @@ def test_one_compilation_per_bucket(predictor):
     from hamjax.inference import Predictor
 
     fresh = Predictor(predictor.config, predictor.params)  # its own jit cache
-    # rattled copies of one size share a bucket: one trace for all of them
-    fresh.predict([water_chain(4, seed) for seed in (10, 11, 12)], max_graphs_per_batch=1)
-    fresh.predict([water_chain(4, 13), water_chain(4, 14)], max_graphs_per_batch=1)
-    assert fresh.n_traces == 1
-    # twice the size lands in another bucket: exactly one more trace
-    fresh.predict([water_chain(8, 15), water_chain(8, 16)], max_graphs_per_batch=1)
-    assert fresh.n_traces == 2
+    moved = water_chain(4, 10)
+    moved.positions += [0.3, -0.2, 0.1]  # same graph sizes, other coordinates
+    structures = [water_chain(4, 10), moved, water_chain(4, 11), water_chain(8, 15)]
+    budgets = set()
+    for atoms in structures:
+        graph = build_graph(atoms, 3.0, basis=BASIS)
+        budgets.add(batching.budget_for(graph.n_node, graph.n_edge, 1, growth=1.25))
+    assert len(budgets) < len(structures)
+    for atoms in structures:  # one structure per call: the jit cache must carry over
+        fresh.predict([atoms], max_graphs_per_batch=1, growth=1.25)
+    assert fresh.n_traces == len(budgets)
+    fresh.predict(structures, max_graphs_per_batch=1, growth=1.25)
+    assert fresh.n_traces == len(budgets)
 
 
 def test_bad_structure_names_the_atom():
