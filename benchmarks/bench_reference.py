@@ -26,6 +26,10 @@ import time
 import numpy as np
 
 
+def _round(value, digits=2):
+    return None if value is None else round(float(value), digits)
+
+
 def _parse_cells(text: str) -> tuple[int, int]:
     try:
         ny, nz = (int(v) for v in text.lower().split("x"))
@@ -107,8 +111,12 @@ def main(argv=None) -> int:
                 timeout_s=args.timeout_s,
                 name=f"cells{cells}",
             )
-            cycles = result.get("scf_cycles")
-            wall = result.get("wall_time_s")
+            timing = result
+            if result.get("status") == "not-converged" and result.get("attempts"):
+                timing = result["attempts"][-1]  # a cycle-limited timing run
+            cycles = timing.get("scf_cycles")
+            wall = timing.get("wall_time_s")
+            scf_s = timing.get("scf_s")
             line = {
                 **common,
                 "transverse_cells": list(cells),
@@ -123,7 +131,10 @@ def main(argv=None) -> int:
                 "attempts": result.get("n_attempts") or len(result.get("attempts", [])) or None,
                 "tblite_wall_s": None if wall is None else round(wall, 2),
                 "process_wall_s": round(result.get("process_wall_time_s", float("nan")), 2),
-                "s_per_cycle": None if not (wall and cycles) else round(wall / cycles, 3),
+                "setup_s": _round(timing.get("setup_s")),
+                "scf_s": _round(scf_s),
+                "post_scf_s": _round(timing.get("post_scf_s")),
+                "s_per_cycle": None if not (scf_s and cycles) else round(scf_s / cycles, 3),
                 "peak_rss_mib": None
                 if result.get("peak_rss_mib") is None
                 else round(result["peak_rss_mib"], 1),

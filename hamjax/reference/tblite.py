@@ -192,14 +192,29 @@ def tblite_version() -> str:
     return ".".join(str(v) for v in library.get_version())
 
 
-def _count_cycles(log: list[str]) -> int:
-    return sum(1 for line in "\n".join(log).splitlines() if _CYCLE_LINE.match(line))
+def _scf_timing(log: list[tuple[float, str]], start: float, end: float) -> dict:
+    """Cycles and the time split of one run from tblite's time-stamped log lines.
+
+    tblite reports every SCF cycle as it finishes, so the stamps separate the setup
+    (integrals, lattice sums), the SCF cycles and the work after them (gradient, virial).
+    """
+    stamps = [t for t, msg in log for line in msg.splitlines() if _CYCLE_LINE.match(line)]
+    if not stamps:
+        return {"scf_cycles": 0, "setup_s": end - start, "scf_s": 0.0, "post_scf_s": 0.0}
+    first_cycle = stamps[1] - stamps[0] if len(stamps) > 1 else 0.0
+    setup = max(stamps[0] - start - first_cycle, 0.0)
+    return {
+        "scf_cycles": len(stamps),
+        "setup_s": setup,
+        "scf_s": stamps[-1] - start - setup,
+        "post_scf_s": end - stamps[-1],
+    }
 
 
 def _single_run(atoms, settings: TBLiteSettings, periodic: bool):
     from tblite.interface import Calculator
 
-    log: list[str] = []
+    log: list[tuple[float, str]] = []
     kwargs = {}
     if periodic:
         kwargs = dict(
@@ -212,7 +227,7 @@ def _single_run(atoms, settings: TBLiteSettings, periodic: bool):
         np.asarray(atoms.positions, float) / BOHR_ANGSTROM,
         charge=float(settings.charge),
         color=False,
-        logger=log.append,
+        logger=lambda message: log.append((time.perf_counter(), message)),
         **kwargs,
     )
     calc.set("verbosity", 1)  # the cycle table goes to ``log``, not to stdout
@@ -269,12 +284,12 @@ def run_tblite(atoms, settings: TBLiteSettings | None = None, *, name: str | Non
     for attempt in plan:
         t0 = time.perf_counter()
         calc, res, error, log = _single_run(atoms, attempt, periodic)
-        cycles = _count_cycles(log)
+        t1 = time.perf_counter()
         record = {
             "settings": attempt.as_dict(),
-            "scf_cycles": cycles,
+            **_scf_timing(log, t0, t1),
             "converged": error is None,
-            "wall_time_s": time.perf_counter() - t0,
+            "wall_time_s": t1 - t0,
         }
         if error is not None:
             record["error"] = str(error)
@@ -405,6 +420,9 @@ def tblite_reference(
         "requested_settings": settings.as_dict(),
         "electronic_temperature_hartree": used.electronic_temperature_hartree,
         "scf_cycles": result.scf_cycles,
+        "setup_s": result.attempts[-1]["setup_s"],
+        "scf_s": result.attempts[-1]["scf_s"],
+        "post_scf_s": result.attempts[-1]["post_scf_s"],
         "attempts": result.attempts,
         "retried": len(result.attempts) > 1,
         "wall_time_s": result.wall_time_s,
