@@ -25,8 +25,11 @@ percentiles), ``transmission.png`` (T(E) of reference and prediction, bias windo
 ``model/`` (checkpoints).
 
 Fermi levels: the reference current uses the reference's own Fermi level; the predicted
-current uses the mean Fermi level of the training references (the TiN electrodes set it, and
-a prediction has no self-consistent Fermi level of its own).
+current uses the Fermi level of the predicted Hamiltonian, found by filling its Gamma-point
+levels (with the reference S) with the same number of electrons at the same electronic
+temperature. A common level for all devices would be wrong: the periodic references of
+devices that differ only in their vacancies have Fermi levels up to ~1 eV apart, since the
+average electrostatic potential of a periodic cell is arbitrary.
 """
 
 from __future__ import annotations
@@ -288,6 +291,27 @@ def mae_row(errors: Mapping[str, np.ndarray]) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- transport
+def fermi_level_by_count(record, n_electrons: float, temperature_hartree: float) -> float:
+    """Fermi level (Hartree) that puts ``n_electrons`` into the Gamma-point levels of H, S.
+
+    Fermi-Dirac filling (two electrons per level) at ``temperature_hartree``, or the mid-gap
+    when the gap is large on that scale.
+    """
+    import scipy.linalg
+
+    from hamjax.reference._common import fermi_level_from_orbitals
+
+    levels = scipy.linalg.eigh(
+        record.to_dense("hamiltonian"), record.to_dense("overlap"), eigvals_only=True
+    )
+    full, rest = divmod(float(n_electrons), 2.0)
+    occupations = np.zeros_like(levels)
+    occupations[: int(full)] = 2.0
+    if rest > 0:
+        occupations[int(full)] = rest
+    return fermi_level_from_orbitals(levels, occupations, temperature_hartree)["fermi_level"]
+
+
 def device_transport(record, config: VCMConfig, cutoff: float, fermi_level_ev: float) -> dict:
     """T(E) on ``E_F +/- window`` and the current at the bias of one record."""
     from hamjax.structures import A_TIN
@@ -577,7 +601,6 @@ def run_experiment(
     predictions = predictor.predict([records[n] for n in tests], with_overlap=False)
     timings["prediction_s"] = time.perf_counter() - t0
 
-    fermi_train = float(np.mean([records[n].fermi_level for n in names["train"]])) * HARTREE_EV
     rows, errors, transport, folded = [], {}, {}, {}
     t0 = time.perf_counter()
     for name, predicted in zip(tests, predictions, strict=True):
@@ -587,7 +610,14 @@ def run_experiment(
         ref_t = device_transport(
             reference, config, model_config.cutoff, reference.fermi_level * HARTREE_EV
         )
-        pred_t = device_transport(folded[name], config, model_config.cutoff, fermi_train)
+        fermi_pred = fermi_level_by_count(
+            folded[name],
+            reference.metadata["n_electrons"],
+            reference.metadata["electronic_temperature_hartree"],
+        )
+        pred_t = device_transport(
+            folded[name], config, model_config.cutoff, fermi_pred * HARTREE_EV
+        )
         transport[name] = {"reference": ref_t, "prediction": pred_t}
         rows.append(
             {
@@ -620,7 +650,7 @@ def run_experiment(
             devices[name]["atoms"],
             transport[name]["prediction"],
             config,
-            fermi_train,
+            transport[name]["prediction"]["fermi_level"],
             out,
         )
         timings["sensitivity_s"] = time.perf_counter() - t0
@@ -642,7 +672,6 @@ def run_experiment(
         "validation_total_mae_meV": last.get("validation/total_mae_meV") if last else None,
         "bias_volt": config.bias_volt,
         "temperature_k": config.temperature_k,
-        "fermi_level_train_eV": fermi_train,
         "kT_eV": BOLTZMANN_EV_K * config.temperature_k,
         "sensitivity": sensitivity,
         "timings": timings,

@@ -77,3 +77,17 @@ def test_config_rejects_unknown_keys_and_bad_window(tmp_path):
     path.write_text(json.dumps({"train_seeds": [4, 5], "n_energies": 11}))
     config = load_config(path)
     assert config.train_seeds == (4, 5) and config.n_energies == 11
+
+
+def test_fermi_level_by_count_fills_the_requested_electrons():
+    import scipy.linalg
+
+    from hamjax.vcm import fermi_level_by_count
+
+    reference = _reference()
+    levels = scipy.linalg.eigh(reference.to_dense(), reference.to_dense("overlap"))[0]
+    kt = 0.5  # levels are O(1) Hartree apart: a smearing that makes the count continuous
+    for n_electrons in (3.0, 6.0, 9.5):
+        mu = fermi_level_by_count(reference, n_electrons, kt)
+        count = np.sum(2.0 / (1.0 + np.exp((levels - mu) / kt)))
+        assert count == pytest.approx(n_electrons, abs=1e-9)
