@@ -10,8 +10,9 @@ Input: an .npz file with these arrays (energies in eV):
   hamiltonian     [n, n] float or complex, Hermitian, eV
   overlap         [n, n] Hermitian positive definite (optional; identity if absent)
   layers          [n_layers] int, principal-layer sizes in orbitals along the transport
-                  axis, summing to n; H and S may couple only neighbouring layers. The first
-                  two layers repeat as the left lead, the last two as the right lead.
+                  axis, summing to n; H and S may couple only neighbouring layers. Layer 0
+                  repeated (cell coupling H[layer 0, layer 1]) is the left lead, layer N-1
+                  (cell coupling H[layer N-2, layer N-1]) the right lead.
   positions       [n_atoms] (or [n_atoms, 3], x used) Angstrom and
   orbital_counts  [n_atoms] int: used to derive `layers` when it is absent (atoms ordered
                   along the transport axis)
