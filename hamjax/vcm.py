@@ -62,6 +62,17 @@ TEST_DEVICES: dict[str, dict] = {
 }
 
 
+#: DeviceSpec fields of the full default run (2 x 2 TiN cells across, about 500 atoms).
+DEFAULT_DEVICE: dict = {
+    "transverse_cells": (2, 2),
+    "tin_left_cells": 6,
+    "tin_right_cells": 6,
+    "hfo2_thickness_angstrom": 15.0,
+    "ti_thickness_angstrom": 8.0,
+    "filament_radius_angstrom": 2.5,
+}
+
+
 @dataclass(frozen=True)
 class VCMConfig:
     """Everything the experiment needs (JSON keys = field names; nested dicts as given).
@@ -76,7 +87,12 @@ class VCMConfig:
         tblite: :class:`hamjax.reference.tblite.TBLiteSettings` fields.
         model: :class:`hamjax.models.ModelConfig` fields (the basis is GFN1-xTB's).
         train: :class:`hamjax.train.TrainConfig` fields (data paths are filled in).
-        lead_cells: TiN conventional cells (4.24 A) per lead cell; at least the cutoff.
+        transport_cutoff_angstrom: couplings of H and S kept in the transport problem (both
+            reference and prediction; the prediction has zeros beyond the model cutoff).
+            GFN1-xTB's diffuse basis needs about 10 A: cut shorter, the overlap of the open
+            device stops being positive definite (8 A gave a lowest eigenvalue of -0.03).
+        lead_cells: TiN conventional cells (4.24 A) per lead cell; their length must reach
+            ``transport_cutoff_angstrom``.
         bias_volt: bias between the electrodes, volts.
         temperature_k: electrode temperature, kelvin.
         energy_window_ev: T(E) is computed on E_F +/- this, eV (must exceed bias/2).
@@ -86,7 +102,7 @@ class VCMConfig:
         finite_difference_step_angstrom: displacement of that check.
     """
 
-    device: Mapping = field(default_factory=dict)
+    device: Mapping = field(default_factory=lambda: dict(DEFAULT_DEVICE))
     train_seeds: tuple[int, ...] = (1, 2)
     validation_seed: int = 3
     vacancy_density: float = 0.1
@@ -95,7 +111,8 @@ class VCMConfig:
     tblite: Mapping = field(default_factory=dict)
     model: Mapping = field(default_factory=dict)
     train: Mapping = field(default_factory=dict)
-    lead_cells: int = 2
+    transport_cutoff_angstrom: float = 10.0
+    lead_cells: int = 3
     bias_volt: float = 1.0
     temperature_k: float = 300.0
     energy_window_ev: float = 1.0
@@ -115,6 +132,13 @@ class VCMConfig:
                 f"VCMConfig: sensitivity_device {self.sensitivity_device!r} is not one of the "
                 f"test devices {list(self.test_devices)}"
             )
+        from hamjax.structures import A_TIN
+
+        if self.lead_cells * A_TIN < self.transport_cutoff_angstrom:
+            raise ValueError(
+                f"VCMConfig: lead_cells * 4.24 A = {self.lead_cells * A_TIN:.2f} A must reach "
+                f"transport_cutoff_angstrom ({self.transport_cutoff_angstrom} A)"
+            )
         if not self.train_seeds:
             raise ValueError("VCMConfig: train_seeds is empty")
 
@@ -125,22 +149,22 @@ class VCMConfig:
 def demo_config() -> VCMConfig:
     """The small setting of ``hamjax demo``: minutes on two CPU cores.
 
-    Devices one TiN cell (4.24 A) across, 10 A of oxide and 6 A of Ti between four TiN cells
-    on each side (the leads need two cells of 8.48 A >= the 6 A cutoff at each end); a
-    small model (8 channels) trained for a few dozen epochs.
+    Devices one TiN cell (4.24 A) across, 8 A of oxide and 5 A of Ti between six TiN cells on
+    each side (each lead needs two lead cells of 3 x 4.24 A >= the 10 A transport cutoff);
+    a small model (6 A cutoff, 8 channels) trained for a few dozen epochs.
     """
     return VCMConfig(
         device={
             "transverse_cells": (1, 1),
-            "tin_left_cells": 4,
-            "tin_right_cells": 4,
-            "hfo2_thickness_angstrom": 10.0,
-            "ti_thickness_angstrom": 6.0,
-            "filament_radius_angstrom": 2.5,
+            "tin_left_cells": 6,
+            "tin_right_cells": 6,
+            "hfo2_thickness_angstrom": 8.0,
+            "ti_thickness_angstrom": 5.0,
+            "filament_radius_angstrom": 1.5,
         },
         model={"cutoff": 6.0, "max_ell": 4, "channels": 8, "heads": 2},
         train={
-            "epochs": 30,
+            "epochs": 20,
             "learning_rate": 5e-3,
             "final_learning_rate": 5e-4,
             "warmup_steps": 20,
@@ -239,37 +263,49 @@ def compute_references(devices: dict, folder: Path, settings: Mapping, progress:
 
 
 # ------------------------------------------------------------------------------ errors
-def fold_prediction(predicted, reference):
-    """Predicted H folded to Gamma on its atom pairs, with the reference's S on the same pairs.
-
-    Returns:
-        ``(predicted_gamma, reference_on_pairs)``: two records with identical pairs, shifts
-        zero, the first holding the predicted H and the reference S, the second the
-        reference H and S (so entries align one to one).
-    """
+def _on_pairs(hamiltonian, reference, pairs: np.ndarray):
+    """A record on ``pairs`` (shift 0) with blocks of the Gamma matrix ``hamiltonian`` and
+    the reference's S (and geometry, Fermi level, metadata)."""
     from hamjax.blocks import BlockHamiltonian
 
-    pairs = np.unique(predicted.pairs, axis=0)
-    common = dict(
-        numbers=reference.numbers,
-        positions=reference.positions,
-        cell=reference.cell,
-        pbc=reference.pbc,
-        basis=reference.basis,
+    return BlockHamiltonian.from_dense(
+        reference.numbers,
+        reference.positions,
+        reference.cell,
+        reference.pbc,
+        reference.basis,
+        hamiltonian,
+        reference.to_sparse("overlap"),
         threshold=-1.0,
         candidate_pairs=pairs,
         fermi_level=reference.fermi_level,
+        metadata=dict(reference.metadata),
     )
-    s = reference.to_sparse("overlap")
-    folded = BlockHamiltonian.from_dense(
-        hamiltonian=predicted.to_sparse("hamiltonian"), overlap=s, **common
-    )
-    on_pairs = BlockHamiltonian.from_dense(
-        hamiltonian=reference.to_sparse("hamiltonian"), overlap=s, **common
-    )
+
+
+def fold_prediction(predicted, reference):
+    """Predicted H folded to Gamma on its own atom pairs, next to the reference on the same.
+
+    Returns:
+        ``(predicted_gamma, reference_on_pairs)``: two records with identical pairs (those
+        within the model cutoff), shifts zero, so their entries align one to one.
+    """
+    pairs = np.unique(predicted.pairs, axis=0)
+    folded = _on_pairs(predicted.to_sparse("hamiltonian"), reference, pairs)
+    on_pairs = _on_pairs(reference.to_sparse("hamiltonian"), reference, pairs)
     if not np.array_equal(folded.pairs, on_pairs.pairs):
         raise AssertionError("folded prediction and reference disagree on their pairs")
     return folded, on_pairs
+
+
+def prediction_for_transport(predicted, reference):
+    """Predicted H (folded to Gamma) on every pair of the reference, with the reference S.
+
+    Pairs beyond the model cutoff get zero H but keep their overlap, so the open device has
+    the same (positive definite) S as the reference's.
+    """
+    pairs = np.unique(reference.pairs, axis=0)
+    return _on_pairs(predicted.to_sparse("hamiltonian"), reference, pairs)
 
 
 def entry_errors(folded, on_pairs) -> dict[str, np.ndarray]:
@@ -312,13 +348,15 @@ def fermi_level_by_count(record, n_electrons: float, temperature_hartree: float)
     return fermi_level_from_orbitals(levels, occupations, temperature_hartree)["fermi_level"]
 
 
-def device_transport(record, config: VCMConfig, cutoff: float, fermi_level_ev: float) -> dict:
+def device_transport(record, config: VCMConfig, fermi_level_ev: float) -> dict:
     """T(E) on ``E_F +/- window`` and the current at the bias of one record."""
     from hamjax.structures import A_TIN
     from hamjax.transport import current, transmission
     from hamjax.two_terminal import open_device
 
-    device = open_device(record, cutoff=cutoff, lead_width=config.lead_cells * A_TIN)
+    device = open_device(
+        record, cutoff=config.transport_cutoff_angstrom, lead_width=config.lead_cells * A_TIN
+    )
     energies = fermi_level_ev + np.linspace(
         -config.energy_window_ev, config.energy_window_ev, config.n_energies
     )
@@ -601,23 +639,19 @@ def run_experiment(
     predictions = predictor.predict([records[n] for n in tests], with_overlap=False)
     timings["prediction_s"] = time.perf_counter() - t0
 
-    rows, errors, transport, folded = [], {}, {}, {}
+    rows, errors, transport, for_transport = [], {}, {}, {}
     t0 = time.perf_counter()
     for name, predicted in zip(tests, predictions, strict=True):
         reference = records[name]
-        folded[name], on_pairs = fold_prediction(predicted, reference)
-        errors[name] = entry_errors(folded[name], on_pairs)
-        ref_t = device_transport(
-            reference, config, model_config.cutoff, reference.fermi_level * HARTREE_EV
-        )
+        errors[name] = entry_errors(*fold_prediction(predicted, reference))
+        ref_t = device_transport(reference, config, reference.fermi_level * HARTREE_EV)
+        for_transport[name] = prediction_for_transport(predicted, reference)
         fermi_pred = fermi_level_by_count(
-            folded[name],
+            for_transport[name],
             reference.metadata["n_electrons"],
             reference.metadata["electronic_temperature_hartree"],
         )
-        pred_t = device_transport(
-            folded[name], config, model_config.cutoff, fermi_pred * HARTREE_EV
-        )
+        pred_t = device_transport(for_transport[name], config, fermi_pred * HARTREE_EV)
         transport[name] = {"reference": ref_t, "prediction": pred_t}
         rows.append(
             {
@@ -628,7 +662,9 @@ def run_experiment(
                 "current_pred_A": pred_t["current"],
                 "fermi_level_ref_eV": ref_t["fermi_level"],
                 "fermi_level_pred_eV": pred_t["fermi_level"],
-                "dropped_beyond_cutoff_max_eV": ref_t["device"].dropped_max_ev,
+                "reference_dropped_beyond_transport_cutoff_max_eV": (
+                    ref_t["device"].dropped_max_ev
+                ),
                 "max_dyson_residual": max(ref_t["max_residual"], pred_t["max_residual"]),
             }
         )
@@ -643,7 +679,7 @@ def run_experiment(
     if config.sensitivity_device:
         t0 = time.perf_counter()
         name = config.sensitivity_device
-        record = folded[name].replace(metadata={**folded[name].metadata, "name": name})
+        record = for_transport[name]
         sensitivity = sensitivity_maps(
             predictor,
             record,
