@@ -67,6 +67,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 import types
 import typing
@@ -90,6 +91,7 @@ __all__ = [
     "config_to_dict",
     "default_config",
     "evaluate_records",
+    "format_config",
     "load_checkpoint",
     "make_batches",
     "load_config",
@@ -337,9 +339,20 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
     )
 
 
+_NUMBER_LIST = re.compile(r"\[\s+(-?[0-9.eE+-]+(?:,\s+-?[0-9.eE+-]+)*)\s+\]")
+
+
+def format_config(config: TrainConfig) -> str:
+    """``config`` as indented JSON with lists of numbers kept on one line."""
+    text = json.dumps(config_to_dict(config), indent=2)
+    return _NUMBER_LIST.sub(
+        lambda m: "[" + ", ".join(x.rstrip(",") for x in m.group(1).split()) + "]", text
+    )
+
+
 def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
     """Write ``config`` as indented JSON, atomically."""
-    _atomic_write_text(Path(path), json.dumps(config_to_dict(config), indent=2) + "\n")
+    _atomic_write_text(Path(path), format_config(config) + "\n")
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

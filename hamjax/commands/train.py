@@ -34,7 +34,7 @@ def run(args) -> int:
     from hamjax import train
 
     if args.print_default_config:
-        print(json.dumps(train.config_to_dict(train.default_config()), indent=2))
+        print(train.format_config(train.default_config()))
         return 0
     if args.config is None:
         raise ValueError("give --config FILE (or --print-default-config)")
