@@ -10,8 +10,9 @@
 * Exact slices (``slices="exact"``): a structure is cut along ``slice_axis`` into slices with
   a halo of ``n_layers + 1`` hops (:func:`hamjax.partition.partition`, mode "exact"); every
   node and edge is predicted in exactly one slice with its complete receptive field, and the
-  stitched result equals full-graph inference (to float round-off). Peak memory is then set
-  by one slice, not by the structure, so devices beyond one accelerator's memory fit.
+  stitched result equals full-graph inference (to float round-off). With
+  ``max_graphs_per_batch=1`` peak memory is set by one slice, not by the structure, so
+  devices beyond one accelerator's memory fit.
 
 A :class:`Predictor` keeps the jitted model between calls; ``n_traces`` counts how often it
 was traced (one per distinct padded shape).
