@@ -22,9 +22,11 @@ time (first call minus steady call) and steady-state time (best of ``--repeat``)
 for b >= 256; T(E) >= 10x faster than the dense solve at N = 32, b = 128; gradient of I
 <= 4x the cost of T(E).
 
-LAPACK (LU, triangular solves) comes from the BLAS bundled with jaxlib's SciPy dependency;
-its thread pool is pinned to one thread here (``OPENBLAS_NUM_THREADS=1`` unless set): on a
-loaded shared machine a multi-threaded LU spins and is 10-50x slower.
+LAPACK (LU, triangular solves) comes from the OpenBLAS bundled with jaxlib's SciPy
+dependency. On a loaded shared machine its default thread pool spins and makes LU 10-50x
+slower; ``--openblas-threads 1`` (set before NumPy and JAX load) avoids that, but on this
+machine three of four runs with one OpenBLAS thread hung in a futex wait inside a compiled call
+(LAPACK called from several XLA threads at once), so it is opt-in and recorded in the output.
 
     python benchmarks/bench_transport.py            # default: a few minutes
     python benchmarks/bench_transport.py --full     # N in {8, 32} x b in {64, ..., 512}
@@ -33,12 +35,13 @@ loaded shared machine a multi-threaded LU spins and is 10-50x slower.
 from __future__ import annotations
 
 import os
+import sys
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy / jax load OpenBLAS
+if "--openblas-threads" in sys.argv[:-1]:  # must happen before NumPy / JAX load OpenBLAS
+    os.environ["OPENBLAS_NUM_THREADS"] = sys.argv[sys.argv.index("--openblas-threads") + 1]
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
@@ -256,6 +259,9 @@ def main(argv=None) -> int:
     parser.add_argument("--full", action="store_true", help="N in {8, 32} x b in 64..512")
     parser.add_argument("--repeat", type=int, default=2, help="steady-state repetitions")
     parser.add_argument("--no-dense", action="store_true", help="skip the dense baseline")
+    parser.add_argument(
+        "--openblas-threads", type=int, help="OPENBLAS_NUM_THREADS for LAPACK (see above)"
+    )
     args = parser.parse_args(argv)
     if args.full:
         sizes = [(n, b) for n in (8, 32) for b in (64, 128, 256, 512)]
