@@ -216,8 +216,8 @@ def self_energy(
     >>> import jax; jax.config.update("jax_enable_x64", True)
     >>> import numpy as np
     >>> sigma, _ = self_energy(0.7, np.zeros((1, 1)), -np.ones((1, 1)), eta=1e-9)
-    >>> complex(np.round(sigma[0, 0], 8))
-    (0.35-0.9367497j)
+    >>> print(f"{complex(sigma[0, 0]):.8f}")
+    0.35000000-0.93674970j
 
     Returns:
         ``(sigma, residual)``: Sigma [b, b] complex128 in eV and the Dyson residual.
