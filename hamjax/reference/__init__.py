@@ -13,16 +13,21 @@ from hamjax.reference._common import (
     fermi_level_from_orbitals,
 )
 from hamjax.reference.blas import find_openblas, reference_environment
+from hamjax.reference.pyscf import PySCFSettings, pyscf_reference
 from hamjax.reference.tblite import TBLiteSettings, tblite_reference
+from hamjax.reference.worker import compute_in_subprocess
 
 __all__ = [
     "ENGINES",
     "MissingEngineError",
+    "PySCFSettings",
     "SCFConvergenceError",
     "TBLiteSettings",
+    "compute_in_subprocess",
     "compute_reference",
     "fermi_level_from_orbitals",
     "find_openblas",
+    "pyscf_reference",
     "reference_environment",
     "tblite_reference",
 ]
@@ -53,7 +58,5 @@ def compute_reference(atoms, engine: str = "tblite", *, name: str | None = None,
     if engine == "tblite":
         return tblite_reference(atoms, name=name, **settings)
     if engine == "pyscf":
-        from hamjax.reference.pyscf import pyscf_reference
-
         return pyscf_reference(atoms, name=name, **settings)
     raise ValueError(f"unknown reference engine {engine!r}; choose from {ENGINES}")
