@@ -9,13 +9,16 @@ file (:mod:`hamjax.io.dataset`) per frame.
 
 Sampling: random Maxwell-Boltzmann velocities, an equilibration run, then one frame every
 ``interval_fs`` (several O-H vibration periods, so that frames decorrelate). Everything is
-reproducible from ``seed`` (velocities and Langevin noise come from one numpy generator and
-the xTB calculation is deterministic). The thermostat runs without ASE's ``fixcm`` option:
-its centre-of-mass correction of the noise is not mass-consistent and heats molecules with
-unequal masses (water at a 500 K bath: ~1,300 K kinetic, 2.5x too wide O-H distribution);
-instead each saved frame is shifted so its centre of mass is at the origin.
+reproducible from ``seed``: velocities and Langevin noise come from one numpy generator and
+the xTB forces are deterministic up to the round-off of threaded sums. The thermostat runs
+without ASE's ``fixcm`` option: its centre-of-mass correction of the noise is not
+mass-consistent and heats molecules with unequal masses (water at a 500 K bath: ~1,300 K
+kinetic, 2.5x too wide O-H distribution); instead each saved frame is shifted so its centre
+of mass is at the origin.
 
-Labelling is resumable: a frame whose file already exists, loads, holds an overlap and has
+Cost: tblite's OpenMP threads spin while they wait, so on a shared, oversubscribed machine
+run with ``OMP_NUM_THREADS=1`` (a 3-atom water force call then takes ~10 ms instead of
+seconds). Labelling is resumable: a frame whose file already exists, loads, holds an overlap and has
 the frame's atoms and positions is skipped; files are written atomically, so a killed run
 leaves only complete files.
 """
