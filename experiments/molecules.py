@@ -4,6 +4,7 @@ Usage (every step is resumable; rerun to continue)::
 
     python experiments/molecules.py sample   experiments/molecules_water.json
     python experiments/molecules.py label    experiments/molecules_water.json [--split train]
+    python experiments/molecules.py label    experiments/molecules_water.json --reverse  # 2nd
     python experiments/molecules.py train    experiments/molecules_water.json
     python experiments/molecules.py evaluate experiments/molecules_water.json
     python experiments/molecules.py all      experiments/molecules_water.json
@@ -101,8 +102,14 @@ def _splits(config: dict) -> dict:
     return json.loads(path.read_text())
 
 
-def cmd_label(config: dict, only: str | None = None, progress: bool = True) -> dict:
-    """Reference H and S for the frames of each split, in ``label_order`` (resumable)."""
+def cmd_label(
+    config: dict, only: str | None = None, progress: bool = True, reverse: bool = False
+) -> dict:
+    """Reference H and S for the frames of each split, in ``label_order`` (resumable).
+
+    With ``reverse`` each split is labelled from its end, so that a second process started
+    on the same split meets the first one in the middle instead of repeating its frames.
+    """
     data_dir = Path(config["data_dir"])
     frames = molecules.read_frames(data_dir / FRAME_FILE)
     splits = _splits(config)
@@ -113,6 +120,8 @@ def cmd_label(config: dict, only: str | None = None, progress: bool = True) -> d
         if only is not None and split != only:
             continue
         indices = splits[split][: config["max_label"].get(split)]
+        if reverse:
+            indices = indices[::-1]
         report[split] = molecules.label_frames(
             [frames[i] for i in indices],
             [frame_path(data_dir, split, i) for i in indices],
@@ -230,6 +239,9 @@ def main(argv=None) -> int:
     parser.add_argument("config", type=Path)
     parser.add_argument("--split", default=None, help="label/evaluate only this split")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--reverse", action="store_true", help="label each split from its end (second worker)"
+    )
     args = parser.parse_args(argv)
     import jax
 
@@ -240,7 +252,7 @@ def main(argv=None) -> int:
     if args.step in ("sample", "all"):
         out["sample"] = cmd_sample(config, progress)
     if args.step in ("label", "all"):
-        out["label"] = cmd_label(config, args.split, progress)
+        out["label"] = cmd_label(config, args.split, progress, args.reverse)
     if args.step in ("train", "all"):
         out["train"] = cmd_train(config, progress)
     if args.step in ("evaluate", "all"):
