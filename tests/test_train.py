@@ -484,3 +484,52 @@ def test_data_parallel_step_equals_single_device(tiny_records, tmp_path):
     assert out["count"][0] == out["count"][1] > 0
     assert out["loss"][0] == pytest.approx(out["loss"][1], rel=1e-6)
     assert out["param_rel_diff"] < 1e-6
+
+
+def test_slice_batches_label_every_block_once_in_exact_mode():
+    """Training batches of slices: "exact" labels every node and edge of the structure once,
+    "paper" drops the edges that cross a slice boundary."""
+    from ase import Atoms
+
+    from hamjax.inference import blocks_to_record
+
+    rng = np.random.default_rng(5)
+    base = np.array([[0.0, 0.0, 0.0], [0.76, 0.59, 0.0], [-0.76, 0.59, 0.0]])
+    positions = np.concatenate([base + [2.9 * k + 1.0, 3.0, 3.0] for k in range(8)])
+    atoms = Atoms(
+        numbers=[8, 1, 1] * 8,
+        positions=positions + rng.normal(0, 0.05, positions.shape),
+        cell=np.diag([23.2, 7.0, 7.0]),
+        pbc=True,
+    )
+    model = small_model_config(cutoff=3.0)
+    graph = build_graph(atoms, 3.0, basis=BASIS)
+    m = 4
+    record = blocks_to_record(
+        graph, rng.normal(size=(graph.n_node, m, m)), rng.normal(size=(graph.n_edge, m, m)), BASIS
+    )
+    counts = BASIS.orbital_counts(graph.numbers)
+    entries = {
+        "node": int((counts**2).sum()),
+        "edge": int((counts[graph.senders] * counts[graph.receivers]).sum()),
+    }
+    labelled = {}
+    for mode in ("exact", "paper"):
+        config = train.TrainConfig(
+            model=model, slice_width_angstrom=4.0, partition_mode=mode, max_graphs_per_batch=2
+        )
+        batches = train.make_batches([record], config)
+        assert len(batches) >= 3
+        sums = {"node": 0, "edge": 0}
+        for batch in batches:
+            zero = train.block_errors(
+                jnp.zeros_like(batch["node_targets"]),
+                jnp.zeros_like(batch["edge_targets"]),
+                batch,
+            )
+            sums["node"] += int(zero["node_count"])
+            sums["edge"] += int(zero["edge_count"])
+        labelled[mode] = sums
+    assert labelled["exact"] == entries
+    assert labelled["paper"]["node"] == entries["node"]
+    assert 0 < labelled["paper"]["edge"] < entries["edge"]
