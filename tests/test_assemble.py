@@ -48,7 +48,9 @@ def _case(seed=0):
 
 def _record(graph, node, edge, counts) -> BlockHamiltonian:
     """The same blocks as a BlockHamiltonian (independent dense conversion)."""
-    pairs = [(i, i) for i in range(graph.n_node)] + list(zip(graph.senders, graph.receivers))
+    pairs = [(i, i) for i in range(graph.n_node)] + list(
+        zip(graph.senders, graph.receivers, strict=True)
+    )
     shifts = [(0, 0, 0)] * graph.n_node + [tuple(s) for s in graph.shifts]
     values = [node[i, : counts[i], : counts[i]].ravel() for i in range(graph.n_node)]
     values += [
@@ -96,7 +98,11 @@ def test_dense_sparse_and_bcoo_match_the_block_record():
     args = _args(padded)
     for k in (None, np.array([0.31, -0.17, 0.0])):
         reference = record.to_dense(k=k)
-        dense = np.asarray(jax.jit(lambda a, b: dense_hamiltonian(a, b, *args, k=k))(node, edge))
+        dense = np.asarray(
+            jax.jit(dense_hamiltonian, static_argnames=("index",))(
+                node, edge, *args[:4], index=args[4], k=k
+            )
+        )
         np.testing.assert_allclose(dense, reference, atol=1e-12)
         sparse = sparse_hamiltonian(node, edge, *args, k=k).toarray()
         np.testing.assert_allclose(sparse, reference, atol=1e-12)

@@ -22,22 +22,76 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["edge_frames", "FrameTensorProduct", "frame_paths"]
+__all__ = ["EdgeFrames", "edge_frames", "FrameTensorProduct", "frame_paths"]
 
 # Rotation by +pi/2 about x: sends e3nn's y axis to z, away from the polar singularity.
 _QUARTER_X = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 
 
-def edge_frames(vectors: jax.Array, lmax: int) -> list[jax.Array]:
-    """Wigner matrices ``D_l(Q_e)`` of a rotation ``Q_e`` with ``Q_e y = r_e / |r_e|``.
+class EdgeFrames:
+    """Rotations of every edge into its frame, stored as angles (no per-edge matrices).
+
+    With ``D_l = D_l(alpha, beta, 0) = Y(alpha) J Y(beta) J`` (e3nn's Euler form; ``Y`` a
+    rotation about e3nn's ``y`` axis, sparse: a diagonal of cosines and an anti-diagonal of
+    sines; ``J`` a constant matrix), a rotation is two element-wise products and two products
+    with a constant matrix, which run as dense matrix products over all edges at once. Edges
+    near the pole (``|y| > 0.9``) are first turned by a fixed quarter turn ``Q`` about ``x``,
+    so the angles stay well conditioned; the roll about the edge is arbitrary and every use
+    is invariant to it.
+
+    Attributes:
+        cos_alpha, sin_alpha, cos_beta, sin_beta: ``[n_edge, 2 lmax + 1]`` of ``cos(f phi)``,
+            ``sin(f phi)`` for ``f = lmax .. -lmax``.
+        near_pole: ``[n_edge]`` bool.
+        lmax: largest ``l`` supported.
+    """
+
+    def __init__(self, cos_alpha, sin_alpha, cos_beta, sin_beta, near_pole, lmax):
+        self.cos_alpha, self.sin_alpha = cos_alpha, sin_alpha
+        self.cos_beta, self.sin_beta = cos_beta, sin_beta
+        self.near_pole, self.lmax = near_pole, lmax
+
+    def _trig(self, l: int):
+        window = slice(self.lmax - l, self.lmax + l + 1)  # frequencies l .. -l
+        return (
+            self.cos_alpha[:, None, window],
+            self.sin_alpha[:, None, window],
+            self.cos_beta[:, None, window],
+            self.sin_beta[:, None, window],
+        )
+
+    def to_frame(self, x: jax.Array, l: int) -> jax.Array:
+        """``D_l^T x`` for ``x`` of shape ``[n_edge, mul, 2l + 1]``."""
+        ca, sa, cb, sb = self._trig(l)
+        j = jnp.asarray(_jd(l), x.dtype)
+        q = jnp.asarray(_quarter_turn_wigner(l), x.dtype)
+        x = jnp.where(self.near_pole[:, None, None], x @ q.T, x)  # Q x on the pole branch
+        x = ca * x - sa * x[..., ::-1]  # Y(alpha)^T
+        x = x @ j  # J^T (J symmetric)
+        x = cb * x - sb * x[..., ::-1]  # Y(beta)^T
+        return x @ j
+
+    def from_frame(self, x: jax.Array, l: int) -> jax.Array:
+        """``D_l x`` for ``x`` of shape ``[n_edge, mul, 2l + 1]``."""
+        ca, sa, cb, sb = self._trig(l)
+        j = jnp.asarray(_jd(l), x.dtype)
+        q = jnp.asarray(_quarter_turn_wigner(l), x.dtype)
+        x = x @ j.T
+        x = cb * x + sb * x[..., ::-1]  # Y(beta)
+        x = x @ j.T
+        x = ca * x + sa * x[..., ::-1]  # Y(alpha)
+        return jnp.where(self.near_pole[:, None, None], x @ q, x)  # Q^T y on the pole branch
+
+
+def edge_frames(vectors: jax.Array, lmax: int) -> EdgeFrames:
+    """Frames ``Q_e`` with ``Q_e y = r_e / |r_e|`` (``y`` is e3nn's polar axis).
 
     Args:
         vectors: ``[n_edge, 3]`` non-zero vectors in e3nn's component order.
-        lmax: largest ``l``.
+        lmax: largest ``l`` the frames will rotate.
 
     Returns:
-        ``[D_0, ..., D_lmax]``, ``D_l`` of shape ``[n_edge, 2l + 1, 2l + 1]``. The roll about
-        the edge is arbitrary (and may jump); every use below is invariant to it.
+        :class:`EdgeFrames`.
     """
     unit = vectors / jnp.linalg.norm(vectors, axis=-1, keepdims=True)
     near_pole = jnp.abs(unit[:, 1]) > 0.9  # [n_edge]
@@ -47,22 +101,38 @@ def edge_frames(vectors: jax.Array, lmax: int) -> list[jax.Array]:
     turned = jnp.where(near_pole[:, None], unit @ jnp.asarray(_QUARTER_X.T, unit.dtype), fallback)
     alpha_d, beta_d = e3nn.xyz_to_angles(direct)
     alpha_t, beta_t = e3nn.xyz_to_angles(turned)
-    alpha = jnp.where(near_pole, alpha_t, alpha_d)
-    beta = jnp.where(near_pole, beta_t, beta_d)
-    frames = []
-    for l in range(lmax + 1):
-        d = e3nn.Irrep(l, 1).D_from_angles(alpha, beta, jnp.zeros_like(alpha))  # [E, 2l+1, 2l+1]
-        # Turned branch: R(alpha, beta) y = Q r, so Q^T R(alpha, beta) y = r.
-        dq = jnp.asarray(_quarter_turn_wigner(l).T, d.dtype)
-        frames.append(jnp.where(near_pole[:, None, None], dq @ d, d))
-    return frames
+    alpha = jnp.where(near_pole, alpha_t, alpha_d)[:, None]  # [n_edge, 1]
+    beta = jnp.where(near_pole, beta_t, beta_d)[:, None]
+    frequencies = jnp.arange(lmax, -lmax - 1, -1, dtype=unit.dtype)  # [2 lmax + 1]
+    trig = (
+        jnp.cos(frequencies * alpha),
+        jnp.sin(frequencies * alpha),
+        jnp.cos(frequencies * beta),
+        jnp.sin(frequencies * beta),
+    )
+    return EdgeFrames(*trig, near_pole, lmax)
+
+
+@functools.lru_cache(maxsize=16)
+def _jd(l: int) -> np.ndarray:
+    from e3nn_jax._src.irreps import Jd
+
+    return np.asarray(Jd[l], dtype=np.float64)
+
+
+def _rotation_about_y(l: int, angle: float) -> np.ndarray:
+    """Real-basis ``D_l`` of a rotation about e3nn's ``y`` axis (numpy, e3nn's convention)."""
+    frequencies = np.arange(l, -l - 1, -1.0)
+    matrix = np.zeros((2 * l + 1, 2 * l + 1))
+    matrix[np.arange(2 * l + 1), np.arange(2 * l, -1, -1)] = np.sin(frequencies * angle)
+    matrix[np.arange(2 * l + 1), np.arange(2 * l + 1)] = np.cos(frequencies * angle)
+    return matrix
 
 
 @functools.lru_cache(maxsize=16)
 def _quarter_turn_wigner(l: int) -> np.ndarray:
-    """``D_l`` of :data:`_QUARTER_X` (host constant)."""
-    with jax.ensure_compile_time_eval():
-        return np.asarray(e3nn.Irrep(l, 1).D_from_matrix(jnp.asarray(_QUARTER_X)))
+    """``D_l`` of :data:`_QUARTER_X` as a host constant: ``J_l R_y(pi/2) J_l`` (e3nn's form)."""
+    return _jd(l) @ _rotation_about_y(l, np.pi / 2) @ _jd(l)
 
 
 @functools.lru_cache(maxsize=256)
@@ -76,8 +146,7 @@ def frame_paths(
         ``(i_in, i_out, k, flip, coef)``: ``k = min(l1, l3)``, ``flip`` whether ``m`` maps to
         ``-m``, and ``coef [n_path, 2k + 1]`` the in-frame coefficient of each ``l2`` path.
     """
-    with jax.ensure_compile_time_eval():
-        return _frame_paths(irreps_in, irreps_out, sh_lmax)
+    return _frame_paths(irreps_in, irreps_out, sh_lmax)
 
 
 def _frame_paths(irreps_in, irreps_out, sh_lmax):
@@ -89,11 +158,8 @@ def _frame_paths(irreps_in, irreps_out, sh_lmax):
                 if ir1.p * (-1) ** l2 != ir3.p:
                     continue
                 k = min(ir1.l, ir3.l)
-                y = np.asarray(
-                    e3nn.spherical_harmonics(
-                        l2, e3nn.IrrepsArray("1o", np.array([0.0, 1.0, 0.0])), normalize=True
-                    ).array
-                )[l2]  # the only non-zero component on the polar axis
+                # Y_l2 on the polar axis: only m = 0, equal to sqrt(2 l2 + 1) (component norm.).
+                y = np.sqrt(2 * l2 + 1)
                 cg = np.sqrt(ir3.dim) * np.asarray(e3nn.clebsch_gordan(ir1.l, l2, ir3.l))
                 block = cg[ir1.l - k : ir1.l + k + 1, l2, ir3.l - k : ir3.l + k + 1]
                 diagonal = np.allclose(block, np.diag(np.diag(block)))
@@ -127,7 +193,7 @@ class FrameTensorProduct(nn.Module):
     def __call__(
         self,
         x: e3nn.IrrepsArray,
-        frames: list[jax.Array],
+        frames: EdgeFrames,
         edge_scalars: jax.Array,
     ) -> e3nn.IrrepsArray:
         """Args:
@@ -152,7 +218,7 @@ class FrameTensorProduct(nn.Module):
 
         # Inputs in the edge frame: x_frame = D^T x.
         in_frame = [
-            None if chunk is None else jnp.einsum("enm,ecn->ecm", frames[ir.l], chunk)
+            None if chunk is None else frames.to_frame(chunk, ir.l)
             for (_, ir), chunk in zip(x.irreps, x.chunks, strict=True)
         ]  # [n_edge, mul, 2l+1]
 
@@ -181,17 +247,19 @@ class FrameTensorProduct(nn.Module):
             if not parts:
                 chunks.append(None)
                 continue
-            fan_in = sum(p.shape[1] for p, _ in parts)
-            out = jnp.zeros((n_edge, mul_out, ir3.dim), self.dtype)
-            for index, (part, k) in enumerate(parts):
-                w = self.param(
-                    f"mix_{i_out}_{index}",
-                    nn.initializers.normal(stddev=1.0),
-                    (part.shape[1], mul_out),
-                    self.dtype,
-                )
-                mixed = jnp.einsum("ecm,cd->edm", part, w) / np.sqrt(fan_in)
-                out = out.at[:, :, ir3.l - k : ir3.l + k + 1].add(mixed)
+            # All paths into this output at once: zero-pad every |m| <= k part to 2 l3 + 1,
+            # stack along the channel axis, one matrix product.
+            stacked = jnp.concatenate(
+                [jnp.pad(part, ((0, 0), (0, 0), (ir3.l - k, ir3.l - k))) for part, k in parts],
+                axis=1,
+            )  # [n_edge, sum of input multiplicities, 2 l3 + 1]
+            w = self.param(
+                f"mix_{i_out}",
+                nn.initializers.normal(stddev=1.0),
+                (stacked.shape[1], mul_out),
+                self.dtype,
+            )
+            out = jnp.einsum("ecm,cd->edm", stacked, w) / np.sqrt(stacked.shape[1])
             # Back to the global frame: z = D z_frame.
-            chunks.append(jnp.einsum("emn,ecn->ecm", frames[ir3.l], out))
+            chunks.append(frames.from_frame(out, ir3.l))
         return e3nn.from_chunks(irreps_out, chunks, (n_edge,), self.dtype)

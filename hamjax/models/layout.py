@@ -27,7 +27,7 @@ __all__ = ["BlockLayout", "block_layout", "pair_irreps"]
 
 
 def pair_irreps(l1: int, l2: int) -> list[e3nn.Irrep]:
-    """Irreps of an orbital pair ``(l1, l2)``: ``L = |l1 - l2| .. l1 + l2``, parity ``(-1)^(l1+l2)``."""
+    """Irreps of an orbital pair ``(l1, l2)``: ``L = |l1 - l2| .. l1 + l2``, parity (-1)^(l1+l2)."""
     parity = (-1) ** (l1 + l2)
     return [e3nn.Irrep(L, parity) for L in range(abs(l1 - l2), l1 + l2 + 1)]
 

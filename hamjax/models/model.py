@@ -307,11 +307,12 @@ class HamiltonianModel(nn.Module):
         edge_scalars = jnp.concatenate(
             [geometry.radial, scalars[senders], scalars[receivers]], axis=-1
         )
-        t = FrameTensorProduct(
-            cfg.channels * needed, cfg.max_ell, cfg.radial_hidden, cfg.dtype, name="edge_tp"
+        # The in-frame mixing maps straight to the head irreps (K copies per shell-pair type):
+        # a linear map after it would add nothing, and this keeps the rotated outputs small.
+        edge_head = FrameTensorProduct(
+            layout.head_irreps, cfg.max_ell, cfg.radial_hidden, cfg.dtype, name="edge_tp"
         )(x, geometry.frames, edge_scalars)
-        t = t * geometry.envelope[:, None]  # [n_edge, C x needed], vanishes at the cutoff
-        edge_head = e3nn.flax.Linear(layout.head_irreps, force_irreps_out=True, name="edge_head")(t)
+        edge_head = edge_head * geometry.envelope[:, None]  # vanishes at the cutoff
         edge_pair = species_index[senders] * layout.n_species + species_index[receivers]
         f_edge = _assemble(edge_head, edge_pair, layout)  # [n_edge, M, M]
         # An edge whose reverse is outside the graph (halo edge of a slice) points to itself and
