@@ -157,7 +157,7 @@ def demo_config() -> VCMConfig:
 
     Devices one TiN cell (4.24 A) across, 8 A of oxide and 5 A of Ti between six TiN cells on
     each side (each lead needs two lead cells of 3 x 4.24 A >= the 10 A transport cutoff);
-    a small model (6 A cutoff, 8 channels) trained for a few dozen epochs.
+    a small model (lmax 2, 8 channels, 5 A cutoff) trained briefly on 12 A slices.
     """
     return VCMConfig(
         device={
@@ -168,13 +168,14 @@ def demo_config() -> VCMConfig:
             "ti_thickness_angstrom": 5.0,
             "filament_radius_angstrom": 1.5,
         },
-        model={"cutoff": 6.0, "max_ell": 4, "channels": 8, "heads": 2},
+        model={"cutoff": 5.0, "max_ell": 2, "channels": 8, "heads": 2},
         train={
-            "epochs": 20,
+            "epochs": 30,
             "learning_rate": 5e-3,
             "final_learning_rate": 5e-4,
-            "warmup_steps": 20,
-            "slice_width_angstrom": 8.0,
+            "warmup_steps": 10,
+            "slice_width_angstrom": 12.0,
+            "max_graphs_per_batch": 2,
         },
         n_energies=81,
     )
