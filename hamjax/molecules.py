@@ -18,7 +18,9 @@ of mass is at the origin.
 
 Cost: tblite's OpenMP threads spin while they wait, so on a shared, oversubscribed machine
 run with ``OMP_NUM_THREADS=1`` (a 3-atom water force call then takes ~10 ms instead of
-seconds). Labelling is resumable: a frame whose file already exists, loads, holds an overlap and has
+seconds).
+
+Labelling is resumable: a frame whose file already exists, loads, holds an overlap and has
 the frame's atoms and positions is skipped; files are written atomically, so a killed run
 leaves only complete files.
 """
