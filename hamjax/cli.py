@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 
 # name -> module; a missing module simply does not show up as a subcommand.
@@ -50,7 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _xla_cpu_flags() -> None:
+    """Single-threaded Eigen in XLA:CPU (unless the user set it).
+
+    With the multi-threaded Eigen pool, a vmapped transmission on the CPU wedged here once
+    for good: every XLA worker parked in ``Eigen::EventCount::CommitWait`` and the process
+    idle at 0% CPU. ``--xla_cpu_multi_thread_eigen=false`` is the known workaround; XLA's
+    own parallelism across operations remains.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_multi_thread_eigen" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
+
+
 def main(argv: list[str] | None = None) -> int:
+    _xla_cpu_flags()
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_module", None) is None:
