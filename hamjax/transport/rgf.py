@@ -115,18 +115,22 @@ def _lead_matrices(lead: _LeadBlocks, z, side: str):
 
 
 def _self_energies(left: _LeadBlocks, right: _LeadBlocks, energy, eta, max_iterations):
-    """Both leads' self-energies and Dyson residuals, as one batch of two decimations."""
+    """Both leads' self-energies and Dyson residuals.
+
+    Every LAPACK call here and in the sweep works on one matrix, never on a batch: XLA:CPU
+    hands a batched LU or triangular solve to jaxlib's ``ParallelBatchMap``, which parks a
+    worker of the intra-op pool until its sub-tasks finish; two such kernels running at
+    once on a 2-core machine parked both workers and deadlocked the process (all threads
+    idle). Hence two separate decimations here and ``lax.map`` over energies in a chunk.
+    """
     z = energy + 1j * eta
-    a00, a_out, a_in = (
-        jnp.stack(pair)
-        for pair in zip(
-            _lead_matrices(left, z, "left"), _lead_matrices(right, z, "right"), strict=True
-        )
-    )
-    g = jax.vmap(_surface, in_axes=(0, 0, 0, None))(a00, a_out, a_in, max_iterations)
-    sigma = a_out @ g @ a_in
-    residual = jax.vmap(dyson_residual)(g, a00, a_out, a_in)
-    return sigma[0], sigma[1], residual[0], residual[1]
+    out = []
+    for lead, side in ((left, "left"), (right, "right")):
+        a00, a_out, a_in = _lead_matrices(lead, z, side)
+        g = _surface(a00, a_out, a_in, max_iterations)
+        out.append((a_out @ g @ a_in, dyson_residual(g, a00, a_out, a_in)))
+    (sigma_l, res_l), (sigma_r, res_r) = out
+    return sigma_l, sigma_r, res_l, res_r
 
 
 def _transmission_one(blocks: _Blocks, left, right, energy, eta, max_iterations):
@@ -182,8 +186,10 @@ def _chunk_function(max_iterations: int, devices: tuple):
     """Vmapped (and, over several devices, shard_mapped) T over one chunk of energies."""
 
     def chunk(blocks, left, right, energies, eta):
-        return jax.vmap(_transmission_one, in_axes=(None, None, None, 0, None, None))(
-            blocks, left, right, energies, eta, max_iterations
+        # lax.map, not vmap: unbatched LAPACK calls (see _self_energies).
+        return lax.map(
+            lambda energy: _transmission_one(blocks, left, right, energy, eta, max_iterations),
+            energies,
         )
 
     if len(devices) <= 1:
