@@ -44,8 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module_name in _available().items():
         module = importlib.import_module(module_name)
         help_text = (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else None
-        p = sub.add_parser(name, help=help_text, description=module.__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         module.add_arguments(p)
         p.set_defaults(_module=module)
     return parser

@@ -2,11 +2,11 @@
 
 import numpy as np
 import scipy.sparse as sp
+from test_two_terminal import periodic_chain
 
 from hamjax.sensitivity import current_and_hamiltonian_gradient, per_atom
 from hamjax.transport import current, transmission
 from hamjax.two_terminal import open_device
-from test_two_terminal import periodic_chain
 
 ENERGIES = np.linspace(-1.5, 1.5, 61)
 BIAS = 1.0
