@@ -251,10 +251,18 @@ def compute_references(devices: dict, folder: Path, settings: Mapping, progress:
         path = folder / f"{_file_name(name)}.npz"
         if path.exists():
             try:
-                records[name] = dataset.load(path)
-                continue
+                cached = dataset.load(path)
             except ValueError:
-                pass  # unreadable: compute again
+                cached = None  # unreadable: compute again
+            atoms = device["atoms"]
+            if (
+                cached is not None
+                and np.array_equal(cached.numbers, atoms.numbers)
+                and np.allclose(cached.positions, atoms.positions, atol=1e-6)
+            ):
+                records[name] = cached
+                continue
+            # A file from another device (changed config) under the same name: recompute.
         bar.set_postfix_str(f"{name}: {len(device['atoms'])} atoms")
         summary = compute_in_subprocess(
             device["atoms"], path, engine="tblite", settings=dict(settings), name=name
@@ -431,23 +439,24 @@ def plot_transmission(results: Mapping[str, Mapping], bias: float, path: Path) -
     fig, axes = plt.subplots(rows, cols, figsize=(11, 3.6 * rows), squeeze=False)
     for ax, name in zip(axes.ravel(), names, strict=False):
         ref, pred = results[name]["reference"], results[name]["prediction"]
-        ef = ref["fermi_level"]
+        # Each curve against its own Fermi level: that is where its bias window sits.
         floor = 1e-12
         ax.semilogy(
-            ref["energies"] - ef,
+            ref["energies"] - ref["fermi_level"],
             np.maximum(ref["transmission"], floor),
             "k-",
             label=f"reference, I = {ref['current'] * 1e6:.3g} uA",
         )
+        shift = pred["fermi_level"] - ref["fermi_level"]
         ax.semilogy(
-            pred["energies"] - ef,
+            pred["energies"] - pred["fermi_level"],
             np.maximum(pred["transmission"], floor),
             "C3--",
-            label=f"predicted, I = {pred['current'] * 1e6:.3g} uA",
+            label=f"predicted, I = {pred['current'] * 1e6:.3g} uA (E_F {shift:+.2f} eV)",
         )
         ax.axvspan(-bias / 2, bias / 2, color="C0", alpha=0.12, label=f"bias window ({bias} V)")
         ax.set_title(name)
-        ax.set_xlabel("E - E_F (eV)")
+        ax.set_xlabel("E - E_F (eV), each curve at its own Fermi level")
         ax.set_ylabel("T(E)")
         ax.legend(fontsize=8, loc="lower right")
     for ax in axes.ravel()[len(names) :]:
