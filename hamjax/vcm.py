@@ -177,7 +177,8 @@ def demo_config() -> VCMConfig:
             "slice_width_angstrom": 12.0,
             "max_graphs_per_batch": 2,
         },
-        n_energies=81,
+        n_energies=41,
+        finite_difference_atoms=1,
     )
 
 
