@@ -125,7 +125,7 @@ class VCMConfig:
     n_energies: int = 161
     sensitivity_device: str = "Filament 1"
     finite_difference_atoms: int = 3
-    finite_difference_step_angstrom: float = 0.005
+    finite_difference_step_angstrom: float = 0.0005
 
     def __post_init__(self):
         if self.energy_window_ev <= self.bias_volt / 2:
