@@ -29,8 +29,6 @@ __all__ = ["current_and_hamiltonian_gradient", "per_atom", "position_chain"]
 def _current_fn(overlap, layers, energies, bias, fermi_level, temperature, eta):
     from hamjax.assemble import current_from_hamiltonian
 
-    options = {} if eta is None else {"eta": eta}
-
     def current(h):
         value, _ = current_from_hamiltonian(
             h,
@@ -40,7 +38,7 @@ def _current_fn(overlap, layers, energies, bias, fermi_level, temperature, eta):
             bias,
             fermi_level=fermi_level,
             temperature=temperature,
-            **options,
+            eta=eta,
         )
         return value
 
