@@ -82,6 +82,7 @@ import numpy as np
 import optax
 
 from hamjax.constants import HARTREE_EV
+from hamjax.io.atomic import write_text
 
 __all__ = [
     "TrainConfig",
@@ -352,14 +353,7 @@ def format_config(config: TrainConfig) -> str:
 
 def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
     """Write ``config`` as indented JSON, atomically."""
-    _atomic_write_text(Path(path), format_config(config) + "\n")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(Path(path), format_config(config) + "\n")
 
 
 # --------------------------------------------------------------------------- losses
@@ -1008,7 +1002,7 @@ def train(
             echo(f"resuming from {out / 'checkpoints'} at epoch {start_epoch}, step {latest}")
     # The log is rewritten from the checkpoint, so a kill between checkpoint and log write
     # neither repeats nor loses an epoch.
-    _atomic_write_text(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    write_text(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in history))
 
     state = placement.replicate(jax.tree.map(jnp.asarray, state))
     train_step = make_train_step(model, config, optimizer)

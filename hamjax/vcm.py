@@ -593,9 +593,9 @@ def _markdown_table(rows: list[dict]) -> str:
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
+    from hamjax.io.atomic import write_text
+
+    write_text(path, json.dumps(data, indent=2, default=float) + "\n")
 
 
 def run_experiment(

@@ -29,9 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -287,16 +285,9 @@ def _is_done(path: Path) -> bool:
 
 
 def _write_json_atomic(path: Path, data) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=1, default=str)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from hamjax.io.atomic import write_text
+
+    write_text(path, json.dumps(data, indent=1, default=str))
 
 
 def _compute(job: Job, atoms, output: Path, engine: str, settings: dict, args) -> dict:
