@@ -3,8 +3,9 @@
 For each device of N principal layers of b orbitals (random Hermitian blocks, non-orthogonal
 S) it measures, in one process and one run:
 
-- ``zgemm``: the machine's complex128 GEMM rate, ``jnp.matmul`` of b x b blocks, batched as
-  the energies are (8 b^3 real flops each);
+- ``zgemm``: the machine's complex128 GEMM rate on b x b blocks, batched as the energies
+  are (8 b^3 real flops each), through XLA (``jnp.matmul``) and through the BLAS (NumPy);
+  ``fraction_of_zgemm`` below is against the faster of the two;
 - ``sweep``: the RGF forward sweep alone with given lead self-energies, energies/s and
   achieved GFLOP/s counting the nominal 40 N b^3 real flops per energy (the implementation
   does about 27 N b^3: one LU with b right-hand sides and two products per layer);
@@ -134,25 +135,39 @@ def bench_size(n_blocks: int, b: int, n_energies: int, args) -> dict:
     energies = jnp.asarray(np.linspace(-0.3, 0.3, n_energies))
     common = {"n_blocks": n_blocks, "b": b, "n_energies": n_energies}
 
-    # complex GEMM rate of this machine, batched like the energies
+    # complex GEMM rate of this machine, batched like the energies: XLA's (jnp.matmul) and
+    # the BLAS's (NumPy -> OpenBLAS zgemm); the sweep is judged against the faster one
     x = random_sigma(n_energies, b, seed=5)
     y = random_sigma(n_energies, b, seed=6)
-    gemm = jax.jit(jnp.matmul)
-    first, steady = timed(gemm, x, y, repeat=args.repeat)
-    zgemm_gflops = 8 * b**3 * n_energies / steady / 1e9
-    emit(
-        {
-            "what": "zgemm",
-            **common,
-            "compile_s": first - steady,
-            "steady_s": steady,
-            "gflops": zgemm_gflops,
-        }
-    )
+    rates = {}
+    for engine, gemm, xy in (
+        ("xla", jax.jit(jnp.matmul), (x, y)),
+        ("blas", np.matmul, (np.asarray(x), np.asarray(y))),
+    ):
+        first, steady = timed(gemm, *xy, repeat=max(3, args.repeat))
+        rates[engine] = 8 * b**3 * n_energies / steady / 1e9
+        emit(
+            {
+                "what": "zgemm",
+                "engine": engine,
+                **common,
+                "compile_s": first - steady,
+                "steady_s": steady,
+                "gflops": rates[engine],
+            }
+        )
+    zgemm_gflops = max(rates.values())
 
     # RGF sweep alone (given self-energies)
     sig_l, sig_r = random_sigma(n_energies, b, 2), random_sigma(n_energies, b, 3)
-    sweep = jax.jit(jax.vmap(rgf._sweep, in_axes=(None, 0, 0, 0)))
+    batched = rgf._batched(tuple(jax.local_devices()[:1]))
+
+    def sweep_all(blocks, sig_l, sig_r, energies):  # mapped over energies as transmission() is
+        return rgf._over_energies(
+            lambda xs: rgf._sweep(blocks, *xs), (sig_l, sig_r, energies), batched
+        )
+
+    sweep = jax.jit(sweep_all)
     first, steady = timed(sweep, blocks, sig_l, sig_r, energies, repeat=args.repeat)
     gflops = 40 * n_blocks * b**3 * n_energies / steady / 1e9
     out = {"sweep_s_per_energy": steady / n_energies}
@@ -160,6 +175,7 @@ def bench_size(n_blocks: int, b: int, n_energies: int, args) -> dict:
         {
             "what": "sweep",
             **common,
+            "energies_vmapped": batched,
             "compile_s": first - steady,
             "steady_s": steady,
             "energies_per_s": n_energies / steady,

@@ -16,8 +16,10 @@ The forward sweep runs under :func:`jax.lax.scan` over blocks padded to a unifor
 Per block that is one LU with b right-hand sides and two products, about 27 b^3 real flops
 (the textbook sweep with explicit inverses costs 40 b^3). Memory is O(b^2) per energy for
 T alone; reverse-mode differentiation stores the per-block intermediates, so energies are
-processed in chunks (vmapped inside, a Python or :func:`jax.lax.map` loop outside, the
-chunk rematerialised under ``grad`` when there are several).
+processed in chunks (a Python or :func:`jax.lax.map` loop outside, the chunk
+rematerialised under ``grad`` when there are several). Inside a chunk the energies are
+vmapped on accelerators (batched LU and GEMM keep a GPU busy) and run one after another on
+CPU, where batched LAPACK calls can deadlock XLA's thread pool (:func:`_self_energies`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 
 from hamjax.transport.layers import check_device, layer_offsets
+from hamjax.transport.linalg import matmul
 from hamjax.transport.surface import DEFAULT_MAX_ITERATIONS, _surface, dyson_residual
 
 __all__ = ["Lead", "TransmissionResult", "transmission", "DEFAULT_ETA", "RESIDUAL_TOLERANCE"]
@@ -121,7 +124,8 @@ def _self_energies(left: _LeadBlocks, right: _LeadBlocks, energy, eta, max_itera
     hands a batched LU or triangular solve to jaxlib's ``ParallelBatchMap``, which parks a
     worker of the intra-op pool until its sub-tasks finish; two such kernels running at
     once on a 2-core machine parked both workers and deadlocked the process (all threads
-    idle). Hence two separate decimations here and ``lax.map`` over energies in a chunk.
+    idle). Hence two separate decimations here and, on CPU, ``lax.map`` over the energies of
+    a chunk (:func:`_over_energies`).
     """
     z = energy + 1j * eta
     out = []
@@ -152,15 +156,15 @@ def _sweep(blocks: _Blocks, sigma_l, sigma_r, energy):
         g_first_last = jnp.linalg.inv(d - sigma_r)
     else:
         y = jnp.linalg.solve(d, e * blocks.s_upper[0] - blocks.h_upper[0])
-        d = diag(1) - (e * blocks.s_lower[0] - blocks.h_lower[0]) @ y
+        d = diag(1) - matmul(e * blocks.s_lower[0] - blocks.h_lower[0], y)
         chain = y
 
         def step(carry, xs):
             d, chain = carry
             h_up, s_up, h_low, s_low, h_next, s_next, pad_next = xs
             y = jnp.linalg.solve(d, e * s_up - h_up)
-            d_next = e * s_next - h_next + jnp.diag(pad_next) - (e * s_low - h_low) @ y
-            return (d_next, chain @ y), None
+            d_next = e * s_next - h_next + jnp.diag(pad_next) - matmul(e * s_low - h_low, y)
+            return (d_next, matmul(chain, y)), None
 
         xs = (
             blocks.h_upper[1:],
@@ -182,14 +186,29 @@ def _sweep(blocks: _Blocks, sigma_l, sigma_r, energy):
     return jnp.real(jnp.sum(lhs * rhs.conj()))
 
 
+def _batched(devices: tuple) -> bool:
+    """Vectorise over energies (vmap) on accelerators; one energy at a time on CPU."""
+    platform = devices[0].platform if devices else jax.default_backend()
+    return platform != "cpu"
+
+
+def _over_energies(fn, energies, batched: bool):
+    """``fn`` at every energy: :func:`jax.vmap` if ``batched``, else :func:`jax.lax.map`.
+
+    On CPU the unbatched form is required, not a tuning choice (see :func:`_self_energies`).
+    """
+    return jax.vmap(fn)(energies) if batched else lax.map(fn, energies)
+
+
 def _chunk_function(max_iterations: int, devices: tuple):
-    """Vmapped (and, over several devices, shard_mapped) T over one chunk of energies."""
+    """T over one chunk of energies (shard_mapped over several devices)."""
+    batched = _batched(devices)
 
     def chunk(blocks, left, right, energies, eta):
-        # lax.map, not vmap: unbatched LAPACK calls (see _self_energies).
-        return lax.map(
+        return _over_energies(
             lambda energy: _transmission_one(blocks, left, right, energy, eta, max_iterations),
             energies,
+            batched,
         )
 
     if len(devices) <= 1:
@@ -399,7 +418,7 @@ def transmission(
             semi-infinite repetition of layer 0 (onsite ``H_00``, cell-to-cell coupling
             ``H_01``) and the right lead that of layer N-1 (``H_{N-1,N-1}``, ``H_{N-2,N-1}``);
             the device then starts and ends with one lead cell.
-        chunk_size: energies per vmapped chunk (default: from the block size, bounded memory).
+        chunk_size: energies per compiled chunk (default: from the block size, bounded memory).
         devices: JAX devices to shard energy chunks over (default: all local devices).
         max_iterations: cap on Lopez-Sancho decimation steps.
         residual_tolerance: warn (RuntimeWarning, naming energies) above this Dyson residual.

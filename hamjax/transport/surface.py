@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from hamjax.transport.linalg import matmul
+
 __all__ = ["surface_green_function", "self_energy", "dyson_residual"]
 
 DEFAULT_MAX_ITERATIONS = 60
@@ -66,8 +68,8 @@ def _decimate(a00, a_out, a_in, max_iterations):
         # One LU, both right-hand sides: [g alpha, g beta] with g = eps^-1.
         g_ab = jnp.linalg.solve(eps, jnp.concatenate([alpha, beta], axis=-1))
         # Two wide products instead of four square ones.
-        alpha_g = alpha @ g_ab  # [alpha g alpha | alpha g beta]
-        beta_g = beta @ g_ab  # [beta g alpha | beta g beta]
+        alpha_g = matmul(alpha, g_ab)  # [alpha g alpha | alpha g beta]
+        beta_g = matmul(beta, g_ab)  # [beta g alpha | beta g beta]
         agb = alpha_g[..., b:]
         bga = beta_g[..., :b]
         return (k + 1, eps_s - agb, eps - agb - bga, alpha_g[..., :b], beta_g[..., b:])
@@ -88,7 +90,7 @@ def _stein(p, q, r, max_iterations):
 
     def body(state):
         k, x, pk, qk = state
-        return (k + 1, x + pk @ x @ qk, pk @ pk, qk @ qk)
+        return (k + 1, x + matmul(matmul(pk, x), qk), matmul(pk, pk), matmul(qk, qk))
 
     _, x, _, _ = lax.while_loop(cond, body, (jnp.asarray(0), r, p, q))
     return x
@@ -112,7 +114,7 @@ def _surface_jvp(max_iterations, primals, tangents):
     q = a_in @ g
 
     def matvec(x):
-        return x - p @ x @ q
+        return x - matmul(matmul(p, x), q)
 
     dg = lax.custom_linear_solve(
         matvec,
