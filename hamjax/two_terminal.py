@@ -59,6 +59,28 @@ class TwoTerminal:
     fermi_level_ev: float | None
     dropped_max_ev: float
 
+    def leads(self):
+        """``(left, right)`` :class:`hamjax.transport.Lead` blocks (eV), as the default leads
+        of :func:`hamjax.transport.transmission` take them: the first layer and its coupling
+        to the second, the last layer and the coupling into it from the one before."""
+        from hamjax.transport import Lead
+
+        edges = np.concatenate([[0], np.cumsum(self.layers)])
+
+        def block(matrix, a, b):
+            return matrix[edges[a] : edges[a + 1], edges[b] : edges[b + 1]].toarray()
+
+        n = len(self.layers)
+        h, s = self.hamiltonian, self.overlap
+        left = Lead(block(h, 0, 0), block(h, 0, 1), block(s, 0, 0), block(s, 0, 1))
+        right = Lead(
+            block(h, n - 1, n - 1),
+            block(h, n - 2, n - 1),
+            block(s, n - 1, n - 1),
+            block(s, n - 2, n - 1),
+        )
+        return left, right
+
 
 def axis_coordinates(
     positions: np.ndarray, cell: np.ndarray, axis: int = 0, origin_offset: float = 0.5

@@ -365,9 +365,15 @@ def fermi_level_by_count(record, n_electrons: float, temperature_hartree: float)
 
 
 def device_transport(record, config: VCMConfig, fermi_level_ev: float) -> dict:
-    """T(E) on ``E_F +/- window`` and the current at the bias of one record."""
+    """T(E) on ``E_F +/- window``, the current at the bias, and the leads' open channels.
+
+    ``lead_channels`` is the smaller of the two electrodes' open-channel counts
+    (:func:`hamjax.transport.open_channels`) at each energy: where it is 0 the electrode
+    itself does not conduct (a gap of its Gamma-point band structure), and T(E) there is
+    evanescent tunnelling whatever the device does.
+    """
     from hamjax.structures import A_TIN
-    from hamjax.transport import current, transmission
+    from hamjax.transport import current, open_channels, transmission
     from hamjax.two_terminal import open_device
 
     device = open_device(
@@ -387,12 +393,17 @@ def device_transport(record, config: VCMConfig, fermi_level_ev: float) -> dict:
             temperature=config.temperature_k,
         )
     )
+    channels = np.minimum(*(open_channels(lead, energies, check=False) for lead in device.leads()))
     return {
         "device": device,
         "energies": energies,
         "transmission": t,
         "current": i,
         "fermi_level": fermi_level_ev,
+        "lead_channels": channels,
+        "lead_channels_at_fermi": float(
+            np.round(channels[np.argmin(np.abs(energies - fermi_level_ev))], 3)
+        ),
         "max_residual": float(max(np.max(result.residual_left), np.max(result.residual_right))),
     }
 
@@ -454,6 +465,13 @@ def plot_transmission(results: Mapping[str, Mapping], bias: float, path: Path) -
             np.maximum(pred["transmission"], floor),
             "C3--",
             label=f"predicted, I = {pred['current'] * 1e6:.3g} uA (E_F {shift:+.2f} eV)",
+        )
+        ax.semilogy(
+            ref["energies"] - ref["fermi_level"],
+            np.maximum(ref["lead_channels"], floor),
+            color="0.6",
+            linestyle=":",
+            label="open channels of the reference's leads",
         )
         ax.axvspan(-bias / 2, bias / 2, color="C0", alpha=0.12, label=f"bias window ({bias} V)")
         ax.set_title(name)
@@ -578,16 +596,17 @@ def sensitivity_maps(
 def _markdown_table(rows: list[dict]) -> str:
     head = (
         "| device | node MAE (meV / mEh) | edge MAE (meV / mEh) | total MAE (meV / mEh) "
-        "| I_ref (A) | I_pred (A) | I_pred / I_ref |"
+        "| I_ref (A) | I_pred (A) | I_pred / I_ref | lead channels at E_F (ref / pred) |"
     )
-    lines = [head, "|---|---|---|---|---|---|---|"]
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['device']} | {r['node_mae_meV']:.2f} / {r['node_mae_mEh']:.3f} "
             f"| {r['edge_mae_meV']:.2f} / {r['edge_mae_mEh']:.3f} "
             f"| {r['total_mae_meV']:.2f} / {r['total_mae_mEh']:.3f} "
             f"| {r['current_ref_A']:.3e} | {r['current_pred_A']:.3e} "
-            f"| {r['current_pred_A'] / r['current_ref_A']:.2f} |"
+            f"| {r['current_pred_A'] / r['current_ref_A']:.3g} "
+            f"| {r['lead_channels_at_fermi_ref']:g} / {r['lead_channels_at_fermi_pred']:g} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -682,9 +701,17 @@ def run_experiment(
                 "reference_dropped_beyond_transport_cutoff_max_eV": (
                     ref_t["device"].dropped_max_ev
                 ),
+                "lead_channels_at_fermi_ref": ref_t["lead_channels_at_fermi"],
+                "lead_channels_at_fermi_pred": pred_t["lead_channels_at_fermi"],
                 "max_dyson_residual": max(ref_t["max_residual"], pred_t["max_residual"]),
             }
         )
+        if ref_t["lead_channels_at_fermi"] < 0.5:
+            echo(
+                f"{name}: the reference's electrodes have no open channel at E_F (a gap of "
+                "their Gamma-point bands), so its current is tunnelling through that gap; "
+                "widen the cross-section (more transverse k-points fold onto Gamma)"
+            )
     timings["transport_s"] = time.perf_counter() - t0
 
     plot_errors(errors, out / "errors.png")
@@ -718,6 +745,8 @@ def run_experiment(
                     "total_mae_meV",
                     "current_ref_A",
                     "current_pred_A",
+                    "lead_channels_at_fermi_ref",
+                    "lead_channels_at_fermi_pred",
                 )
             }
             for r in rows

@@ -9,6 +9,7 @@ import scipy.sparse as sp
 from hamjax.transport import (
     Lead,
     check_device,
+    open_channels,
     principal_layers,
     self_energy,
     transmission,
@@ -159,6 +160,28 @@ def test_square_wire_transmits_number_of_open_modes():
     t = np.asarray(transmission(h, None, [width] * length, energies, eta=ETA).transmission)
     np.testing.assert_allclose(t, n_open, atol=1e-6)
     assert set(n_open.tolist()) == {0, 1, 2, 3, 4}
+
+
+def test_open_channels_of_a_wire_and_of_a_nonorthogonal_chain():
+    """A lead's open channels: one per transverse mode with |E - e_m| < 2 for the square
+    wire; one inside the band (E - e0) / (E s - h) in (-2, 2) of a non-orthogonal chain."""
+    width = 4
+    onsite = -(np.eye(width, k=1) + np.eye(width, k=-1))  # transverse chain, hopping -1
+    modes = -2 * np.cos(np.arange(1, width + 1) * np.pi / (width + 1))
+    edges = np.sort(np.concatenate([modes - 2, modes + 2]))
+    energies = np.concatenate([(edges[:-1] + edges[1:]) / 2, [edges[-1] + 0.3]])
+    n_open = np.sum(np.abs(energies[:, None] - modes[None, :]) < 2, axis=1)
+    wire = Lead(onsite, -np.eye(width))
+    np.testing.assert_allclose(open_channels(wire, energies, eta=ETA), n_open, atol=1e-6)
+
+    e0, hop, s_nn = 0.4, -1.2, 0.15
+    chain_lead = Lead([[e0]], [[hop]], [[1.0]], [[s_nn]])
+    band = sorted([(e0 + 2 * hop) / (1 + 2 * s_nn), (e0 - 2 * hop) / (1 - 2 * s_nn)])
+    energies = np.linspace(-4.0, 5.0, 37)
+    energies = energies[np.min(np.abs(energies[:, None] - np.array(band)), axis=1) > 0.05]
+    inside = np.abs((energies - e0) / (energies * s_nn - hop)) < 2
+    assert inside.any() and not inside.all()
+    np.testing.assert_allclose(open_channels(chain_lead, energies, eta=ETA), inside, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------- dense reference

@@ -6,7 +6,7 @@ import pytest
 from hamjax.basis import Basis
 from hamjax.blocks import BlockHamiltonian
 from hamjax.constants import HARTREE_EV
-from hamjax.transport import transmission
+from hamjax.transport import open_channels, transmission
 from hamjax.two_terminal import open_device, slab_layers
 
 BASIS = Basis.from_dict("one-s", {"H": (0,)})
@@ -57,6 +57,10 @@ def test_perfect_chain_opens_into_one_channel(folded):
     energies = np.array([-2.5, -1.3, 0.0, 0.7, 1.9, 2.5])
     t = np.asarray(transmission(device.hamiltonian, device.overlap, device.layers, energies)[0])
     np.testing.assert_allclose(t, (np.abs(energies) < 2).astype(float), atol=1e-6)
+    # the electrodes the device was opened into are the same chain: one channel in the band
+    for lead in device.leads():
+        channels = open_channels(lead, energies)
+        np.testing.assert_allclose(channels, (np.abs(energies) < 2).astype(float), atol=1e-6)
 
 
 def test_impurity_matches_exact_formula_after_shuffling_atoms():

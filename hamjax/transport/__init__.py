@@ -6,6 +6,7 @@ point: ``jax.config.update("jax_enable_x64", True)``).
 
 - :func:`transmission` — T(E) of a two-terminal device from H, S and principal layers
   (NumPy, scipy.sparse or JAX input; jit/grad/jvp with static layers).
+- :func:`open_channels` — number of open channels of a periodic lead (its own T(E)).
 - :func:`current`, :func:`spectral_current` — Landauer current with ``mu_L,R = E_F +/- V/2``.
 - :func:`linear_potential_drop` — add a linear bias drop ``S_ij (U_i + U_j) / 2`` to H.
 - :func:`principal_layers` — layer sizes from atom order and the sparsity of H and S.
@@ -27,6 +28,7 @@ from hamjax.transport.rgf import (
     RESIDUAL_TOLERANCE,
     Lead,
     TransmissionResult,
+    open_channels,
     transmission,
 )
 from hamjax.transport.surface import self_energy, surface_green_function
@@ -37,6 +39,7 @@ __all__ = [
     "Lead",
     "TransmissionResult",
     "transmission",
+    "open_channels",
     "current",
     "spectral_current",
     "chemical_potentials",

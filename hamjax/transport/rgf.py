@@ -41,7 +41,14 @@ from hamjax.transport.layers import check_device, layer_offsets
 from hamjax.transport.linalg import matmul
 from hamjax.transport.surface import DEFAULT_MAX_ITERATIONS, _surface, dyson_residual
 
-__all__ = ["Lead", "TransmissionResult", "transmission", "DEFAULT_ETA", "RESIDUAL_TOLERANCE"]
+__all__ = [
+    "Lead",
+    "TransmissionResult",
+    "transmission",
+    "open_channels",
+    "DEFAULT_ETA",
+    "RESIDUAL_TOLERANCE",
+]
 
 DEFAULT_ETA = 1e-5
 """Lead broadening eta in eV. With eta in the leads only, T(E) errors are O(eta) with a small
@@ -528,3 +535,35 @@ def transmission(
     t, res_l, res_r = (np.concatenate(p)[:n_energies] for p in zip(*parts, strict=True))
     _warn_residuals(energies, res_l, res_r, residual_tolerance)
     return TransmissionResult(jnp.asarray(t), jnp.asarray(res_l), jnp.asarray(res_r))
+
+
+def open_channels(lead: Lead, energies, *, eta: float = DEFAULT_ETA, **options) -> np.ndarray:
+    """Number of open channels of a periodic lead at each energy (eV).
+
+    The transmission of the perfect lead, computed as a device of two lead cells between two
+    copies of the lead: an integer (the number of Bloch bands crossing E with positive
+    velocity) wherever the lead conducts, 0 in the gaps of its band structure. A lead with no
+    open channel at the Fermi level carries no current however good the device is; for a
+    Gamma-point reference of a narrow metallic electrode this happens when too few transverse
+    k-points fold onto Gamma.
+
+    Args:
+        lead: the lead's blocks (:class:`Lead`).
+        energies: ``[n_E]`` energies in eV.
+        eta: lead broadening in eV.
+        **options: passed on to :func:`transmission` (``check``, ``chunk_size``, ...).
+
+    Returns:
+        ``[n_E]`` float64 array, the perfect lead's T(E).
+    """
+    h00, h01 = np.atleast_2d(lead.onsite), np.atleast_2d(lead.hopping)
+    b = h00.shape[0]
+    s00 = np.eye(b) if lead.overlap_onsite is None else np.atleast_2d(lead.overlap_onsite)
+    s01 = np.zeros((b, b)) if lead.overlap_hopping is None else np.atleast_2d(lead.overlap_hopping)
+    lead = Lead(h00, h01, s00, s01)
+    hamiltonian = np.block([[h00, h01], [h01.conj().T, h00]])
+    overlap = np.block([[s00, s01], [s01.conj().T, s00]])
+    result = transmission(
+        hamiltonian, overlap, [b, b], energies, eta=eta, leads=(lead, lead), **options
+    )
+    return np.asarray(result.transmission)
