@@ -31,7 +31,14 @@ import scipy.sparse as sp
 from hamjax.blocks import BlockHamiltonian
 from hamjax.constants import HARTREE_EV
 
-__all__ = ["TwoTerminal", "axis_coordinates", "inside_cell", "open_device", "slab_layers"]
+__all__ = [
+    "TwoTerminal",
+    "axis_coordinates",
+    "inside_cell",
+    "match_translated",
+    "open_device",
+    "slab_layers",
+]
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,60 @@ def slab_layers(
     return np.searchsorted(edges, x, side="right") - 1
 
 
+def match_translated(
+    reference: np.ndarray,
+    candidates: np.ndarray,
+    shift: np.ndarray,
+    cell: np.ndarray,
+    pbc: np.ndarray,
+    *,
+    tolerance: float = 0.5,
+) -> np.ndarray:
+    """Order ``candidates`` so that candidate ``k`` is ``reference[k] + shift``.
+
+    The default leads of :func:`hamjax.transport.transmission` repeat the first layer with
+    its coupling to the second, so the second lead cell must list its atoms (and orbitals)
+    exactly as the first does, each translated by one lead cell. Sorting atoms by their
+    coordinate along the axis does not give that: thermal displacements of a few 0.01 A
+    reorder the atoms within each atomic plane.
+
+    Args:
+        reference: ``[n, 3]`` positions of the cell whose order is kept, Angstrom.
+        candidates: ``[n, 3]`` positions of the cell to order.
+        shift: ``[3]`` translation from the reference cell to the other, Angstrom.
+        cell, pbc: the structure's cell and periodicity (minimum image where periodic).
+        tolerance: largest distance (Angstrom) accepted between a translated atom and its
+            partner.
+
+    Returns:
+        ``[n]`` indices into ``candidates``.
+
+    Raises:
+        ValueError: different atom counts, or an atom without a partner within
+            ``tolerance`` (the electrode is not periodic over this lead cell).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    if len(reference) != len(candidates):
+        raise ValueError(
+            f"the two lead cells hold {len(reference)} and {len(candidates)} atoms: the "
+            "electrode is not periodic over the lead width"
+        )
+    delta = candidates[None, :, :] - (reference[:, None, :] + shift)
+    frac = delta @ np.linalg.pinv(cell)
+    frac[..., pbc] -= np.round(frac[..., pbc])
+    distance = np.linalg.norm(frac @ cell, axis=-1)
+    rows, cols = linear_sum_assignment(distance)
+    worst = int(np.argmax(distance[rows, cols]))
+    if distance[rows[worst], cols[worst]] > tolerance:
+        raise ValueError(
+            f"atom {rows[worst]} of the first lead cell has no partner within {tolerance} A "
+            f"one lead cell further (nearest {distance[rows[worst], cols[worst]]:.2f} A): the "
+            "electrode is not periodic over the lead width"
+        )
+    return cols[np.argsort(rows)]
+
+
 def open_device(
     record: BlockHamiltonian,
     *,
@@ -199,6 +260,24 @@ def open_device(
     dropped_max = float(np.abs(record.hamiltonian[dropped]).max(initial=0.0)) * HARTREE_EV
 
     order = np.lexsort((np.arange(len(x)), x))
+    # Second lead cells as translated copies of the outer ones (atom for atom).
+    n_layers = atom_layer.max() + 1
+    unit = np.asarray(record.cell[axis], dtype=float)
+    unit = unit / np.linalg.norm(unit)
+    for outer, inner, direction in ((0, 1, 1.0), (n_layers - 1, n_layers - 2, -1.0)):
+        slots = np.flatnonzero(atom_layer[order] == inner)
+        outer_atoms = order[atom_layer[order] == outer]
+        inner_atoms = order[slots]
+        match = match_translated(
+            record.positions[outer_atoms],
+            record.positions[inner_atoms],
+            direction * lead_width * unit,
+            record.cell,
+            record.pbc,
+        )
+        order[slots] = inner_atoms[match]
+        if np.any(record.numbers[order[slots]] != record.numbers[outer_atoms]):
+            raise ValueError("the two lead cells differ in their species: not one electrode")
     kept = record.replace(
         pairs=record.pairs[keep],
         shifts=np.zeros((int(keep.sum()), 3), dtype=np.int64),

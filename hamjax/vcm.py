@@ -367,8 +367,9 @@ def fermi_level_by_count(record, n_electrons: float, temperature_hartree: float)
 def device_transport(record, config: VCMConfig, fermi_level_ev: float) -> dict:
     """T(E) on ``E_F +/- window``, the current at the bias, and the leads' open channels.
 
-    ``lead_channels`` is the smaller of the two electrodes' open-channel counts
-    (:func:`hamjax.transport.open_channels`) at each energy: where it is 0 the electrode
+    ``lead_channels`` is the smaller of the two electrodes' open-channel counts at each
+    energy (:func:`hamjax.transport.open_channels`, counted from their bands): where it is 0
+    the electrode
     itself does not conduct (a gap of its Gamma-point band structure), and T(E) there is
     evanescent tunnelling whatever the device does.
     """
@@ -393,7 +394,9 @@ def device_transport(record, config: VCMConfig, fermi_level_ev: float) -> dict:
             temperature=config.temperature_k,
         )
     )
-    channels = np.minimum(*(open_channels(lead, energies, check=False) for lead in device.leads()))
+    channels = np.minimum(
+        *(open_channels(lead, energies, method="bands") for lead in device.leads())
+    )
     return {
         "device": device,
         "energies": energies,

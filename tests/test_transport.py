@@ -173,6 +173,7 @@ def test_open_channels_of_a_wire_and_of_a_nonorthogonal_chain():
     n_open = np.sum(np.abs(energies[:, None] - modes[None, :]) < 2, axis=1)
     wire = Lead(onsite, -np.eye(width))
     np.testing.assert_allclose(open_channels(wire, energies, eta=ETA), n_open, atol=1e-6)
+    np.testing.assert_array_equal(open_channels(wire, energies, method="bands"), n_open)
 
     e0, hop, s_nn = 0.4, -1.2, 0.15
     chain_lead = Lead([[e0]], [[hop]], [[1.0]], [[s_nn]])
@@ -182,6 +183,28 @@ def test_open_channels_of_a_wire_and_of_a_nonorthogonal_chain():
     inside = np.abs((energies - e0) / (energies * s_nn - hop)) < 2
     assert inside.any() and not inside.all()
     np.testing.assert_allclose(open_channels(chain_lead, energies, eta=ETA), inside, atol=1e-6)
+    np.testing.assert_array_equal(open_channels(chain_lead, energies, method="bands"), inside)
+
+
+def test_open_channels_band_count_equals_perfect_lead_transmission():
+    """Two independent counts on a random non-orthogonal multi-orbital lead: the bands
+    crossing E and the transmission of the perfect lead, at energies away from band edges."""
+    rng = np.random.default_rng(7)
+    b = 6
+    x = rng.normal(size=(b, b))
+    h00 = (x + x.T) / 2
+    h01 = 0.6 * rng.normal(size=(b, b))
+    s01 = 0.05 * rng.normal(size=(b, b))
+    lead = Lead(h00, h01, np.eye(b), s01)
+    # band extrema from a fine k grid: keep energies at least 0.02 eV away from all of them
+    fine = open_channels(lead, np.linspace(-8, 8, 4001), method="bands", n_k=2000)
+    edges = np.linspace(-8, 8, 4001)[np.flatnonzero(np.diff(fine)) + 1]
+    energies = np.linspace(-6, 6, 61)
+    energies = energies[np.min(np.abs(energies[:, None] - edges[None, :]), axis=1) > 0.02]
+    by_bands = open_channels(lead, energies, method="bands", n_k=400)
+    by_transmission = open_channels(lead, energies, eta=ETA)
+    np.testing.assert_allclose(by_transmission, by_bands, atol=1e-5)
+    assert len(set(by_bands.tolist())) >= 3  # several different channel counts were compared
 
 
 # ---------------------------------------------------------------------------- dense reference

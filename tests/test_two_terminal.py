@@ -63,6 +63,67 @@ def test_perfect_chain_opens_into_one_channel(folded):
         np.testing.assert_allclose(channels, (np.abs(energies) < 2).astype(float), atol=1e-6)
 
 
+def two_leg_ladder(n_rungs, lead_rungs):
+    """A periodic two-species ladder along x whose x-sorted atom order flips between lead
+    cells (small x displacements), with H from connectivity only (exactly periodic)."""
+    basis = Basis.from_dict("one-s", {"H": (0,), "He": (0,)})
+    onsite = {1: 0.5, 2: -0.5}
+    numbers, positions = [], []
+    for i in range(n_rungs):
+        dx = 0.02 if (i // lead_rungs) % 2 == 0 else -0.02  # A ahead, then behind, of B
+        numbers += [1, 2]
+        positions += [(i + 0.5 + dx, 0.0, 0.0), (i + 0.5, 1.0, 0.0)]
+    positions = np.array(positions)
+    pairs, shifts, h, s = [], [], [], []
+    for a in range(2 * n_rungs):
+        rung, leg = divmod(a, 2)
+        pairs.append((a, a))
+        shifts.append((0, 0, 0))
+        h.append(onsite[numbers[a]])
+        s.append(1.0)
+        pairs.append((a, 2 * rung + 1 - leg))  # rung partner
+        shifts.append((0, 0, 0))
+        h.append(-0.7)
+        s.append(0.0)
+        for step in (-1, 1):
+            other = rung + step
+            pairs.append((a, 2 * (other % n_rungs) + leg))
+            shifts.append((other // n_rungs, 0, 0))
+            h.append(HOP_EV)
+            s.append(0.0)
+    return BlockHamiltonian(
+        numbers=np.array(numbers),
+        positions=positions,
+        cell=np.diag([float(n_rungs), 10.0, 10.0]),
+        pbc=np.array([True, False, False]),
+        basis=basis,
+        pairs=np.array(pairs),
+        shifts=np.array(shifts),
+        hamiltonian=np.array(h) / HARTREE_EV,
+        overlap=np.array(s),
+        fermi_level=0.0,
+    )
+
+
+def test_lead_cells_keep_one_atom_order_despite_displacements():
+    """Sorting by x alone lists the ladder's two species in opposite orders in neighbouring
+    lead cells; the opened device must still be a perfect ladder: T(E) = open modes."""
+    record = two_leg_ladder(12, lead_rungs=2)
+    device = open_device(record, cutoff=1.5, lead_width=2.0)
+    h = device.hamiltonian.toarray()
+    edges = np.concatenate([[0], np.cumsum(device.layers)])
+    first, second = (slice(edges[k], edges[k + 1]) for k in (0, 1))
+    np.testing.assert_allclose(h[second, second], h[first, first])
+    modes = np.array([-1.0, 1.0]) * np.sqrt(0.5**2 + 0.7**2)  # rung eigenvalues
+    energies = np.array([-2.5, -1.5, -0.5, 0.3, 1.4, 2.4])
+    n_open = np.sum(np.abs(energies[:, None] - modes[None, :]) < 2, axis=1)
+    assert set(n_open.tolist()) == {1, 2}
+    t = np.asarray(transmission(device.hamiltonian, device.overlap, device.layers, energies)[0])
+    np.testing.assert_allclose(t, n_open, atol=1e-6)
+    for lead in device.leads():
+        np.testing.assert_allclose(open_channels(lead, energies), n_open, atol=1e-6)
+
+
 def test_impurity_matches_exact_formula_after_shuffling_atoms():
     eps = 0.8
     onsite = np.zeros(14)

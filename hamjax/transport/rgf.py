@@ -188,8 +188,8 @@ def _sweep(blocks: _Blocks, sigma_l, sigma_r, energy):
         g_first_last = jnp.linalg.solve(d.T, chain.T).T
     gamma_l = 1j * (sigma_l - sigma_l.conj().T)
     gamma_r = 1j * (sigma_r - sigma_r.conj().T)
-    lhs = gamma_l @ g_first_last
-    rhs = g_first_last @ gamma_r
+    lhs = matmul(gamma_l, g_first_last)
+    rhs = matmul(g_first_last, gamma_r)
     return jnp.real(jnp.sum(lhs * rhs.conj()))
 
 
@@ -537,29 +537,61 @@ def transmission(
     return TransmissionResult(jnp.asarray(t), jnp.asarray(res_l), jnp.asarray(res_r))
 
 
-def open_channels(lead: Lead, energies, *, eta: float = DEFAULT_ETA, **options) -> np.ndarray:
+def open_channels(
+    lead: Lead,
+    energies,
+    *,
+    method: str = "transmission",
+    eta: float = DEFAULT_ETA,
+    n_k: int = 96,
+    **options,
+) -> np.ndarray:
     """Number of open channels of a periodic lead at each energy (eV).
 
-    The transmission of the perfect lead, computed as a device of two lead cells between two
-    copies of the lead: an integer (the number of Bloch bands crossing E with positive
-    velocity) wherever the lead conducts, 0 in the gaps of its band structure. A lead with no
-    open channel at the Fermi level carries no current however good the device is; for a
-    Gamma-point reference of a narrow metallic electrode this happens when too few transverse
-    k-points fold onto Gamma.
+    A lead with no open channel at the Fermi level carries no current however good the
+    device is; for a Gamma-point reference of a narrow metallic electrode this happens when
+    too few transverse k-points fold onto Gamma. Two independent ways to count:
+
+    - ``"transmission"``: the transmission of the perfect lead (a device of two lead cells
+      between two copies of the lead), exact up to O(eta): an integer where the lead
+      conducts, 0 in the gaps of its band structure. Costs about one T(E).
+    - ``"bands"``: half the number of crossings of E by the bands of
+      ``H(k) = h00 + h01 e^{ik} + h01^H e^{-ik}`` (with ``S(k)`` alike) on ``n_k`` points of
+      the Brillouin zone: every band crossing of E is a Bloch state, half of them moving
+      right. Almost free (``n_k`` small eigenproblems for all energies at once); it misses
+      crossings between two k-points, so it is exact only away from band extrema.
 
     Args:
         lead: the lead's blocks (:class:`Lead`).
         energies: ``[n_E]`` energies in eV.
-        eta: lead broadening in eV.
+        method: "transmission" or "bands".
+        eta: lead broadening in eV ("transmission").
+        n_k: Brillouin-zone points ("bands").
         **options: passed on to :func:`transmission` (``check``, ``chunk_size``, ...).
 
     Returns:
-        ``[n_E]`` float64 array, the perfect lead's T(E).
+        ``[n_E]`` float64 array: the perfect lead's T(E), or the band count.
     """
     h00, h01 = np.atleast_2d(lead.onsite), np.atleast_2d(lead.hopping)
     b = h00.shape[0]
     s00 = np.eye(b) if lead.overlap_onsite is None else np.atleast_2d(lead.overlap_onsite)
     s01 = np.zeros((b, b)) if lead.overlap_hopping is None else np.atleast_2d(lead.overlap_hopping)
+    energies = np.asarray(energies, dtype=np.float64)
+    if method == "bands":
+        import scipy.linalg
+
+        bands = []
+        for k in np.linspace(0.0, 2.0 * np.pi, n_k, endpoint=False):
+            phase = np.exp(1j * k)
+            hk = h00 + h01 * phase + h01.conj().T / phase
+            sk = s00 + s01 * phase + s01.conj().T / phase
+            bands.append(scipy.linalg.eigh(hk, sk, eigvals_only=True))
+        bands = np.asarray(bands)  # [n_k, b], each column a continuous periodic band
+        above = bands[None, :, :] > energies[:, None, None]
+        crossings = np.sum(above != np.roll(above, -1, axis=1), axis=(1, 2))
+        return crossings / 2.0
+    if method != "transmission":
+        raise ValueError(f"method must be 'transmission' or 'bands', got {method!r}")
     lead = Lead(h00, h01, s00, s01)
     hamiltonian = np.block([[h00, h01], [h01.conj().T, h00]])
     overlap = np.block([[s00, s01], [s01.conj().T, s00]])
