@@ -364,6 +364,16 @@ def fermi_level_by_count(record, n_electrons: float, temperature_hartree: float)
     return fermi_level_from_orbitals(levels, occupations, temperature_hartree)["fermi_level"]
 
 
+def _channels(lead, energies) -> np.ndarray:
+    """Open channels of a lead: from its bands, or (S(k) indefinite) its transmission."""
+    from hamjax.transport import open_channels
+
+    try:
+        return open_channels(lead, energies, method="bands")
+    except ValueError:
+        return open_channels(lead, energies, method="transmission", check=False)
+
+
 def device_transport(record, config: VCMConfig, fermi_level_ev: float) -> dict:
     """T(E) on ``E_F +/- window``, the current at the bias, and the leads' open channels.
 
@@ -374,7 +384,7 @@ def device_transport(record, config: VCMConfig, fermi_level_ev: float) -> dict:
     evanescent tunnelling whatever the device does.
     """
     from hamjax.structures import A_TIN
-    from hamjax.transport import current, open_channels, transmission
+    from hamjax.transport import current, transmission
     from hamjax.two_terminal import open_device
 
     device = open_device(
@@ -394,9 +404,7 @@ def device_transport(record, config: VCMConfig, fermi_level_ev: float) -> dict:
             temperature=config.temperature_k,
         )
     )
-    channels = np.minimum(
-        *(open_channels(lead, energies, method="bands") for lead in device.leads())
-    )
+    channels = np.minimum(*(_channels(lead, energies) for lead in device.leads()))
     return {
         "device": device,
         "energies": energies,

@@ -559,7 +559,8 @@ def open_channels(
       ``H(k) = h00 + h01 e^{ik} + h01^H e^{-ik}`` (with ``S(k)`` alike) on ``n_k`` points of
       the Brillouin zone: every band crossing of E is a Bloch state, half of them moving
       right. Almost free (``n_k`` small eigenproblems for all energies at once); it misses
-      crossings between two k-points, so it is exact only away from band extrema.
+      crossings between two k-points, so it is exact only away from band extrema. Needs a
+      positive definite ``S(k)`` (a truncated overlap may not have one: ValueError).
 
     Args:
         lead: the lead's blocks (:class:`Lead`).
@@ -585,7 +586,15 @@ def open_channels(
             phase = np.exp(1j * k)
             hk = h00 + h01 * phase + h01.conj().T / phase
             sk = s00 + s01 * phase + s01.conj().T / phase
-            bands.append(scipy.linalg.eigh(hk, sk, eigvals_only=True))
+            try:
+                bands.append(scipy.linalg.eigh(hk, sk, eigvals_only=True))
+            except np.linalg.LinAlgError:
+                lowest = float(np.linalg.eigvalsh(sk)[0])
+                raise ValueError(
+                    f"the lead's Bloch overlap S(k) is not positive definite at k = {k:.3f} "
+                    f"(lowest eigenvalue {lowest:.3g}), so its bands are undefined; count "
+                    "with method='transmission'"
+                ) from None
         bands = np.asarray(bands)  # [n_k, b], each column a continuous periodic band
         above = bands[None, :, :] > energies[:, None, None]
         crossings = np.sum(above != np.roll(above, -1, axis=1), axis=(1, 2))
