@@ -212,13 +212,13 @@ def test_pyscf_rejects_periodic():
         compute_reference(_tin_cell(), "pyscf")
 
 
-# ----------------------------------------------------------------------------- OpenBLAS
-def test_openblas_preload_gives_the_same_result(tmp_path):
+# ----------------------------------------------------------------------- OpenBLAS / MKL
+def test_optimised_blas_preload_gives_the_same_result(tmp_path):
     from hamjax.reference.blas import find_openblas
     from hamjax.reference.worker import compute_in_subprocess
 
     if find_openblas() is None:
-        pytest.skip("no system OpenBLAS installed (Debian: libopenblas0-pthread)")
+        pytest.skip("no optimised BLAS: no system OpenBLAS and no mkl wheel")
     pytest.importorskip("hamjax.io.dataset")
     from hamjax.io.dataset import load
 

@@ -32,15 +32,20 @@ def periodic_chain(n_atoms, spacing=1.0, onsite=None, folded=False):
             shifts.append((0, 0, 0) if folded else (crosses, 0, 0))
             h.append(HOP_EV)
             s.append(0.0)
+    return x_periodic_record(np.ones(n_atoms, int), positions, cell, BASIS, pairs, shifts, h, s)
+
+
+def x_periodic_record(numbers, positions, cell, basis, pairs, shifts, h_ev, s):
+    """A block record periodic along x only, H given in eV."""
     return BlockHamiltonian(
-        numbers=np.ones(n_atoms, int),
+        numbers=np.asarray(numbers),
         positions=positions,
         cell=cell,
         pbc=np.array([True, False, False]),
-        basis=BASIS,
+        basis=basis,
         pairs=np.array(pairs),
         shifts=np.array(shifts),
-        hamiltonian=np.array(h) / HARTREE_EV,
+        hamiltonian=np.array(h_ev) / HARTREE_EV,
         overlap=np.array(s),
         fermi_level=0.0,
     )
@@ -91,18 +96,8 @@ def two_leg_ladder(n_rungs, lead_rungs):
             shifts.append((other // n_rungs, 0, 0))
             h.append(HOP_EV)
             s.append(0.0)
-    return BlockHamiltonian(
-        numbers=np.array(numbers),
-        positions=positions,
-        cell=np.diag([float(n_rungs), 10.0, 10.0]),
-        pbc=np.array([True, False, False]),
-        basis=basis,
-        pairs=np.array(pairs),
-        shifts=np.array(shifts),
-        hamiltonian=np.array(h) / HARTREE_EV,
-        overlap=np.array(s),
-        fermi_level=0.0,
-    )
+    cell = np.diag([float(n_rungs), 10.0, 10.0])
+    return x_periodic_record(numbers, positions, cell, basis, pairs, shifts, h, s)
 
 
 def test_lead_cells_keep_one_atom_order_despite_displacements():

@@ -7,10 +7,15 @@ preloaded (``LD_PRELOAD``) makes the dynamic linker resolve those symbols to Ope
 instead. The library must be loaded before the process starts, so the preload applies to a
 *child* process: :func:`reference_environment` returns the environment to start it with.
 
-On Debian/Ubuntu the library comes from the package ``libopenblas0-pthread``
-(``/usr/lib/<multiarch>/openblas-pthread/libopenblas.so.0``). Without it everything works,
-only slower. Set ``HAMJAX_OPENBLAS=0`` to opt out, or ``HAMJAX_OPENBLAS=/path/libopenblas.so``
-to name another library.
+Two libraries are looked for, in this order: a system OpenBLAS (on Debian/Ubuntu the package
+``libopenblas0-pthread``, ``/usr/lib/<multiarch>/openblas-pthread/libopenblas.so.0``), then
+Intel oneMKL's ``libmkl_rt`` from the ``mkl`` wheel (a dependency of hamjax on x86-64 Linux,
+installed into ``<prefix>/lib``). MKL runs with its LP64 interface (the wheel has no gfortran
+interface library; tblite's real-valued BLAS/LAPACK calls are the same in both) and the GNU
+OpenMP threading layer tblite itself uses. Measured on the 2-core machine, GFN1-xTB on
+96-atom TiN (22 SCF cycles): 32 s with the bundled BLAS, 11 s with MKL, 9 s with OpenBLAS;
+Fermi levels equal to 1e-6 Ha. Without either everything works, only slower. Set
+``HAMJAX_OPENBLAS=0`` to opt out, or ``HAMJAX_OPENBLAS=/path/lib.so`` to name a library.
 """
 
 from __future__ import annotations
@@ -40,8 +45,24 @@ _SEARCH = (
 )
 
 
+def _mkl_runtime() -> str | None:
+    """``libmkl_rt`` of the ``mkl`` wheel in this environment, or None."""
+    import sys
+
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        hits = sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*")))
+        if hits:
+            return hits[-1]
+    return None
+
+
+def _is_mkl(path: str) -> bool:
+    return "mkl" in os.path.basename(path).lower()
+
+
 def find_openblas() -> str | None:
-    """Path of a system OpenBLAS to preload, or None (absent, or disabled by HAMJAX_OPENBLAS).
+    """Path of an optimised BLAS to preload (system OpenBLAS, else the ``mkl`` wheel's
+    ``libmkl_rt``), or None (absent, or disabled by HAMJAX_OPENBLAS).
 
     Raises:
         FileNotFoundError: ``HAMJAX_OPENBLAS`` names a path that does not exist.
@@ -57,13 +78,15 @@ def find_openblas() -> str | None:
         hits = sorted(glob.glob(pattern))
         if hits:
             return hits[0]
-    return None
+    return _mkl_runtime()
 
 
 def openblas_preloaded(environ: dict | None = None) -> bool:
-    """Whether ``LD_PRELOAD`` of ``environ`` (default: this process) names an OpenBLAS."""
+    """Whether ``LD_PRELOAD`` of ``environ`` (default: this process) names an OpenBLAS or
+    MKL."""
     environ = os.environ if environ is None else environ
-    return "openblas" in environ.get("LD_PRELOAD", "").lower()
+    preload = environ.get("LD_PRELOAD", "").lower()
+    return "openblas" in preload or "mkl_rt" in preload
 
 
 def reference_environment(base: dict | None = None) -> tuple[dict, str | None]:
@@ -80,12 +103,22 @@ def reference_environment(base: dict | None = None) -> tuple[dict, str | None]:
     """
     env = dict(os.environ if base is None else base)
     if openblas_preloaded(env):
-        preloaded = [p for p in env["LD_PRELOAD"].split() if "openblas" in p.lower()]
+        preloaded = [
+            p for p in env["LD_PRELOAD"].split() if "openblas" in p.lower() or _is_mkl(p)
+        ]
         return env, preloaded[0]
     library = find_openblas()
     if library is None:
         return env, None
     env["LD_PRELOAD"] = " ".join(p for p in (library, env.get("LD_PRELOAD", "")) if p)
+    if _is_mkl(library):
+        # libmkl_rt loads its core and threading libraries from its own folder
+        folder = os.path.dirname(os.path.abspath(library))
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (folder, env.get("LD_LIBRARY_PATH", "")) if p
+        )
+        env.setdefault("MKL_INTERFACE_LAYER", "LP64")
+        env.setdefault("MKL_THREADING_LAYER", "GNU")
     return env, library
 
 
@@ -99,16 +132,21 @@ def loaded_blas_libraries() -> list[str]:
     for line in text.splitlines():
         path = line.split()[-1] if line.split() else ""
         base = os.path.basename(path)
-        if path.startswith("/") and any(k in base for k in ("blas", "lapack")):
+        if path.startswith("/") and any(k in base for k in ("blas", "lapack", "mkl")):
             names.add(path)
     return sorted(names)
 
 
 def active_openblas() -> str | None:
-    """Path of an OpenBLAS preloaded into this process (``LD_PRELOAD`` and mapped), or None."""
+    """Path of an OpenBLAS or MKL preloaded into this process (``LD_PRELOAD`` and mapped), or
+    None."""
     if not openblas_preloaded():
         return None
-    mapped = [p for p in loaded_blas_libraries() if "openblas" in os.path.basename(p).lower()]
+    mapped = [
+        p
+        for p in loaded_blas_libraries()
+        if "openblas" in os.path.basename(p).lower() or _is_mkl(p)
+    ]
     for path in os.environ["LD_PRELOAD"].split():
         real = os.path.realpath(path)
         if any(os.path.realpath(m) == real for m in mapped):
