@@ -166,7 +166,7 @@ def demo_config() -> VCMConfig:
             "tin_right_cells": 6,
             "hfo2_thickness_angstrom": 8.0,
             "ti_thickness_angstrom": 5.0,
-            "filament_radius_angstrom": 1.5,
+            "filament_radius_angstrom": 2.0,
         },
         model={"cutoff": 5.0, "max_ell": 2, "channels": 8, "heads": 2},
         train={

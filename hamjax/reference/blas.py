@@ -103,9 +103,7 @@ def reference_environment(base: dict | None = None) -> tuple[dict, str | None]:
     """
     env = dict(os.environ if base is None else base)
     if openblas_preloaded(env):
-        preloaded = [
-            p for p in env["LD_PRELOAD"].split() if "openblas" in p.lower() or _is_mkl(p)
-        ]
+        preloaded = [p for p in env["LD_PRELOAD"].split() if "openblas" in p.lower() or _is_mkl(p)]
         return env, preloaded[0]
     library = find_openblas()
     if library is None:
