@@ -125,7 +125,7 @@ class VCMConfig:
     n_energies: int = 161
     sensitivity_device: str = "Filament 1"
     finite_difference_atoms: int = 3
-    finite_difference_step_angstrom: float = 0.0005
+    finite_difference_step_angstrom: float = 0.0002
 
     def __post_init__(self):
         if self.energy_window_ev <= self.bias_volt / 2:
@@ -157,7 +157,8 @@ def demo_config() -> VCMConfig:
 
     Devices one TiN cell (4.24 A) across, 8 A of oxide and 5 A of Ti between six TiN cells on
     each side (each lead needs two lead cells of 3 x 4.24 A >= the 10 A transport cutoff);
-    a small model (lmax 2, 8 channels, 5 A cutoff) trained briefly on 12 A slices.
+    two test devices, "Filament 1" and "Broken 1" (the same filament with an intact gap); a
+    small model (lmax 2, 8 channels, 5 A cutoff) trained briefly on 12 A slices.
     """
     return VCMConfig(
         device={
@@ -177,6 +178,7 @@ def demo_config() -> VCMConfig:
             "slice_width_angstrom": 12.0,
             "max_graphs_per_batch": 2,
         },
+        test_devices={name: TEST_DEVICES[name] for name in ("Filament 1", "Broken 1")},
         n_energies=41,
         finite_difference_atoms=1,
     )
@@ -374,14 +376,17 @@ def _channels(lead, energies) -> np.ndarray:
         return open_channels(lead, energies, method="transmission", check=False)
 
 
-def device_transport(record, config: VCMConfig, fermi_level_ev: float) -> dict:
-    """T(E) on ``E_F +/- window``, the current at the bias, and the leads' open channels.
+def device_transport(
+    record, config: VCMConfig, fermi_level_ev: float, *, channels: bool = True
+) -> dict:
+    """T(E) on ``E_F +/- window``, the current at the bias, and (``channels``) the leads'
+    open channels.
 
-    ``lead_channels`` is the smaller of the two electrodes' open-channel counts at each
-    energy (:func:`hamjax.transport.open_channels`, counted from their bands): where it is 0
-    the electrode
-    itself does not conduct (a gap of its Gamma-point band structure), and T(E) there is
-    evanescent tunnelling whatever the device does.
+    ``lead_channels`` is the smaller of the two electrodes' open-channel counts
+    (:func:`hamjax.transport.open_channels`) at about ten energies of the window and at E_F
+    (``lead_channel_energies``): where it is 0 the electrode itself does not conduct (a gap
+    of its Gamma-point band structure), and T(E) there is evanescent tunnelling whatever the
+    device does.
     """
     from hamjax.structures import A_TIN
     from hamjax.transport import current, transmission
@@ -404,17 +409,22 @@ def device_transport(record, config: VCMConfig, fermi_level_ev: float) -> dict:
             temperature=config.temperature_k,
         )
     )
-    channels = np.minimum(*(_channels(lead, energies) for lead in device.leads()))
+    if channels:
+        # every few energies and at E_F: integers that change only at band edges
+        grid = np.union1d(energies[:: max(1, len(energies) // 10)], [fermi_level_ev])
+        open_ = np.minimum(*(_channels(lead, grid) for lead in device.leads()))
+        at_fermi = float(np.round(open_[np.argmin(np.abs(grid - fermi_level_ev))], 3))
+    else:
+        grid, open_, at_fermi = None, None, None
     return {
         "device": device,
         "energies": energies,
         "transmission": t,
         "current": i,
         "fermi_level": fermi_level_ev,
-        "lead_channels": channels,
-        "lead_channels_at_fermi": float(
-            np.round(channels[np.argmin(np.abs(energies - fermi_level_ev))], 3)
-        ),
+        "lead_channel_energies": grid,
+        "lead_channels": open_,
+        "lead_channels_at_fermi": at_fermi,
         "max_residual": float(max(np.max(result.residual_left), np.max(result.residual_right))),
     }
 
@@ -478,10 +488,11 @@ def plot_transmission(results: Mapping[str, Mapping], bias: float, path: Path) -
             label=f"predicted, I = {pred['current'] * 1e6:.3g} uA (E_F {shift:+.2f} eV)",
         )
         ax.semilogy(
-            ref["energies"] - ref["fermi_level"],
+            ref["lead_channel_energies"] - ref["fermi_level"],
             np.maximum(ref["lead_channels"], floor),
             color="0.6",
             linestyle=":",
+            marker=".",
             label="open channels of the reference's leads",
         )
         ax.axvspan(-bias / 2, bias / 2, color="C0", alpha=0.12, label=f"bias window ({bias} V)")
@@ -553,7 +564,11 @@ def sensitivity_maps(
     from hamjax.sensitivity import current_and_hamiltonian_gradient, per_atom, position_chain
 
     device = transport["device"]
+    # Only the energies that carry current: the bias window and 10 kT on each side (the
+    # Fermi factors' difference is below e^-10 beyond), which saves a quarter of the work.
     energies = transport["energies"]
+    reach = config.bias_volt / 2 + 10 * BOLTZMANN_EV_K * config.temperature_k
+    energies = energies[np.abs(energies - fermi_level_ev) <= reach]
     kwargs = dict(fermi_level=fermi_level_ev, temperature=config.temperature_k)
     current_h, grad_h = current_and_hamiltonian_gradient(
         device, energies, config.bias_volt, **kwargs
@@ -607,7 +622,7 @@ def sensitivity_maps(
 def _markdown_table(rows: list[dict]) -> str:
     head = (
         "| device | node MAE (meV / mEh) | edge MAE (meV / mEh) | total MAE (meV / mEh) "
-        "| I_ref (A) | I_pred (A) | I_pred / I_ref | lead channels at E_F (ref / pred) |"
+        "| I_ref (A) | I_pred (A) | I_pred / I_ref | open lead channels at E_F (ref) |"
     )
     lines = [head, "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -617,7 +632,7 @@ def _markdown_table(rows: list[dict]) -> str:
             f"| {r['total_mae_meV']:.2f} / {r['total_mae_mEh']:.3f} "
             f"| {r['current_ref_A']:.3e} | {r['current_pred_A']:.3e} "
             f"| {r['current_pred_A'] / r['current_ref_A']:.3g} "
-            f"| {r['lead_channels_at_fermi_ref']:g} / {r['lead_channels_at_fermi_pred']:g} |"
+            f"| {r['lead_channels_at_fermi_ref']:g} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -698,7 +713,9 @@ def run_experiment(
             reference.metadata["n_electrons"],
             reference.metadata["electronic_temperature_hartree"],
         )
-        pred_t = device_transport(for_transport[name], config, fermi_pred * HARTREE_EV)
+        pred_t = device_transport(
+            for_transport[name], config, fermi_pred * HARTREE_EV, channels=False
+        )
         transport[name] = {"reference": ref_t, "prediction": pred_t}
         rows.append(
             {
@@ -713,15 +730,15 @@ def run_experiment(
                     ref_t["device"].dropped_max_ev
                 ),
                 "lead_channels_at_fermi_ref": ref_t["lead_channels_at_fermi"],
-                "lead_channels_at_fermi_pred": pred_t["lead_channels_at_fermi"],
                 "max_dyson_residual": max(ref_t["max_residual"], pred_t["max_residual"]),
             }
         )
         if ref_t["lead_channels_at_fermi"] < 0.5:
             echo(
                 f"{name}: the reference's electrodes have no open channel at E_F (a gap of "
-                "their Gamma-point bands), so its current is tunnelling through that gap; "
-                "widen the cross-section (more transverse k-points fold onto Gamma)"
+                "their Gamma-point bands), so I_ref is tunnelling through that gap, not "
+                "conduction through the device (GFN1-xTB gives TiN electrodes up to 2 x 2 cells "
+                "across a ~2 eV gap at E_F; see the README)"
             )
     timings["transport_s"] = time.perf_counter() - t0
 
@@ -757,12 +774,11 @@ def run_experiment(
                     "current_ref_A",
                     "current_pred_A",
                     "lead_channels_at_fermi_ref",
-                    "lead_channels_at_fermi_pred",
                 )
             }
             for r in rows
         },
-        "validation_total_mae_meV": last.get("validation/total_mae_meV") if last else None,
+        "validation_total_mae_meV": last.get("validation_total_mae_meV") if last else None,
         "bias_volt": config.bias_volt,
         "temperature_k": config.temperature_k,
         "kT_eV": BOLTZMANN_EV_K * config.temperature_k,

@@ -91,3 +91,41 @@ def test_fermi_level_by_count_fills_the_requested_electrons():
         mu = fermi_level_by_count(reference, n_electrons, kt)
         count = np.sum(2.0 / (1.0 + np.exp((levels - mu) / kt)))
         assert count == pytest.approx(n_electrons, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_experiment_end_to_end_is_consistent(tmp_path):
+    """A minimal run (one training device, one test device, a few epochs): the outputs
+    exist, the current through the differentiable model chain equals the current from the
+    predicted H, and dI/dR agrees with central differences."""
+    import dataclasses
+
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    from hamjax import vcm
+
+    config = dataclasses.replace(
+        vcm.demo_config(),
+        train_seeds=(1,),
+        test_devices={"Filament 1": vcm.TEST_DEVICES["Filament 1"]},
+        train={**vcm.demo_config().train, "epochs": 3},
+        n_energies=13,
+    )
+    summary = vcm.run_experiment(config, tmp_path, progress=False, echo=lambda _: None)
+    for name in ("table.md", "table.json", "summary.json", "errors.png", "transmission.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert (tmp_path / "sensitivity.png").exists()
+    row = summary["devices"]["Filament 1"]
+    assert 0 < row["total_mae_meV"] < 5000
+    assert np.isfinite(summary["validation_total_mae_meV"])
+    assert row["lead_channels_at_fermi_ref"] >= 0
+
+    sens = summary["sensitivity"]
+    assert sens["current_through_model_A"] == pytest.approx(
+        sens["current_from_predicted_H_A"], rel=1e-4
+    )
+    (check,) = sens["finite_difference_check"]
+    assert check["finite_difference_A_per_angstrom"] == pytest.approx(
+        check["analytic_A_per_angstrom"], rel=0.02
+    )

@@ -1,9 +1,10 @@
 """Run the VCM experiment in its small demo setting (minutes on two CPU cores).
 
-Builds TiN | HfO2 | Ti | TiN devices (two with random oxygen vacancies for training, one for
-validation, four unseen test devices with formed and broken filaments), computes GFN1-xTB
-reference Hamiltonians with tblite, trains the equivariant model on slices, predicts the
-test devices, and compares the currents at 1 V from predicted and reference Hamiltonians.
+Builds TiN | HfO2 | Ti | TiN devices one TiN cell across (two with random oxygen vacancies
+for training, one for validation, two unseen test devices: a formed filament and the same
+filament broken), computes GFN1-xTB reference Hamiltonians with tblite, trains the
+equivariant model on slices, predicts the test devices, and compares the currents at 1 V
+from predicted and reference Hamiltonians, with the electrodes' open channels at E_F.
 
 Writes to --out: table.md / table.json (MAE and currents per test device), summary.json,
 errors.png, transmission.png, sensitivity.png, device_*.png, timings.json. Runs are
