@@ -71,7 +71,7 @@ import re
 import time
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -757,24 +757,6 @@ def load_checkpoint(model_dir: str | os.PathLike, which: str = "best"):
 
 
 # --------------------------------------------------------------------------- data
-def _expand_paths(patterns: Iterable[str]) -> list[Path]:
-    import glob
-
-    paths: list[Path] = []
-    for pattern in patterns:
-        if any(ch in pattern for ch in "*?["):
-            found = sorted(glob.glob(pattern))
-            if not found:
-                raise FileNotFoundError(f"data pattern {pattern!r} matches no file")
-            paths.extend(Path(p) for p in found)
-        else:
-            path = Path(pattern)
-            if not path.is_file():
-                raise FileNotFoundError(f"data file {path} does not exist")
-            paths.append(path)
-    return paths
-
-
 def load_split(config: TrainConfig) -> tuple[list, list]:
     """Training and validation records (:class:`hamjax.blocks.BlockHamiltonian`).
 
@@ -783,10 +765,10 @@ def load_split(config: TrainConfig) -> tuple[list, list]:
     """
     from hamjax.io import dataset
 
-    train_paths = _expand_paths(config.data)
+    train_paths = dataset.expand_paths(config.data)
     if not train_paths:
         raise ValueError("config key 'data' lists no dataset file")
-    val_paths = _expand_paths(config.validation_data)
+    val_paths = dataset.expand_paths(config.validation_data)
     if not val_paths and config.validation_fraction > 0 and len(train_paths) >= 2:
         n_val = max(1, round(config.validation_fraction * len(train_paths)))
         n_val = min(n_val, len(train_paths) - 1)

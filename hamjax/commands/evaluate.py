@@ -8,7 +8,6 @@ occupied orbitals, HOMO, LUMO, gap), all in micro-Hartree; --json FILE also writ
 
 from __future__ import annotations
 
-import glob
 import json
 import time
 from pathlib import Path
@@ -45,19 +44,9 @@ def add_arguments(parser) -> None:
 
 def expand(patterns) -> list[Path]:
     """Files named by paths or glob patterns, in order, each once."""
-    files: list[Path] = []
-    for pattern in patterns:
-        if any(ch in pattern for ch in "*?["):
-            found = sorted(glob.glob(pattern))
-            if not found:
-                raise FileNotFoundError(f"data pattern {pattern!r} matches no file")
-            files.extend(Path(p) for p in found)
-        else:
-            path = Path(pattern)
-            if not path.is_file():
-                raise FileNotFoundError(f"dataset file {path} does not exist")
-            files.append(path)
-    return list(dict.fromkeys(files))
+    from hamjax.io.dataset import expand_paths
+
+    return list(dict.fromkeys(expand_paths(patterns)))
 
 
 def format_metrics(metrics: dict) -> str:

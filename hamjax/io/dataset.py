@@ -57,10 +57,35 @@ import numpy as np
 from hamjax.basis import Basis
 from hamjax.blocks import BlockHamiltonian
 
-__all__ = ["FORMAT", "VERSION", "load", "save"]
+__all__ = ["FORMAT", "VERSION", "expand_paths", "load", "save"]
 
 FORMAT = "hamjax-blocks"
 VERSION = 1
+
+
+def expand_paths(patterns) -> list[Path]:
+    """Dataset files named by paths or glob patterns, in the order given (globs sorted).
+
+    Raises:
+        FileNotFoundError: a pattern that matches nothing, or a path that is not a file.
+    """
+    import glob
+
+    paths: list[Path] = []
+    for pattern in patterns:
+        pattern = str(pattern)
+        if any(ch in pattern for ch in "*?["):
+            found = sorted(glob.glob(pattern))
+            if not found:
+                raise FileNotFoundError(f"data pattern {pattern!r} matches no file")
+            paths.extend(Path(p) for p in found)
+        else:
+            path = Path(pattern)
+            if not path.is_file():
+                raise FileNotFoundError(f"dataset file {path} does not exist")
+            paths.append(path)
+    return paths
+
 
 _REQUIRED = (
     "format",
