@@ -81,12 +81,20 @@ def find_openblas() -> str | None:
     return _mkl_runtime()
 
 
+def _is_optimised_blas(path: str) -> bool:
+    """An OpenBLAS (anywhere in the path) or an MKL library."""
+    return "openblas" in path.lower() or _is_mkl(path)
+
+
+def _preloaded_blas(environ: dict) -> list[str]:
+    """The OpenBLAS / MKL paths in ``LD_PRELOAD`` of ``environ``, in order."""
+    return [p for p in environ.get("LD_PRELOAD", "").split() if _is_optimised_blas(p)]
+
+
 def openblas_preloaded(environ: dict | None = None) -> bool:
     """Whether ``LD_PRELOAD`` of ``environ`` (default: this process) names an OpenBLAS or
     MKL."""
-    environ = os.environ if environ is None else environ
-    preload = environ.get("LD_PRELOAD", "").lower()
-    return "openblas" in preload or "mkl_rt" in preload
+    return bool(_preloaded_blas(os.environ if environ is None else environ))
 
 
 def reference_environment(base: dict | None = None) -> tuple[dict, str | None]:
@@ -102,8 +110,8 @@ def reference_environment(base: dict | None = None) -> tuple[dict, str | None]:
         ``(environment, library)``; ``library`` is the preloaded path or None.
     """
     env = dict(os.environ if base is None else base)
-    if openblas_preloaded(env):
-        preloaded = [p for p in env["LD_PRELOAD"].split() if "openblas" in p.lower() or _is_mkl(p)]
+    preloaded = _preloaded_blas(env)
+    if preloaded:
         return env, preloaded[0]
     library = find_openblas()
     if library is None:
@@ -138,14 +146,11 @@ def loaded_blas_libraries() -> list[str]:
 def active_openblas() -> str | None:
     """Path of an OpenBLAS or MKL preloaded into this process (``LD_PRELOAD`` and mapped), or
     None."""
-    if not openblas_preloaded():
+    preloaded = _preloaded_blas(os.environ)
+    if not preloaded:
         return None
-    mapped = [
-        p
-        for p in loaded_blas_libraries()
-        if "openblas" in os.path.basename(p).lower() or _is_mkl(p)
-    ]
-    for path in os.environ["LD_PRELOAD"].split():
+    mapped = [p for p in loaded_blas_libraries() if _is_optimised_blas(p)]
+    for path in preloaded:
         real = os.path.realpath(path)
         if any(os.path.realpath(m) == real for m in mapped):
             return path
