@@ -36,6 +36,7 @@ __all__ = [
     "axis_coordinates",
     "inside_cell",
     "match_translated",
+    "minimum_image",
     "open_device",
     "slab_layers",
 ]
@@ -152,6 +153,13 @@ def slab_layers(
     return np.searchsorted(edges, x, side="right") - 1
 
 
+def minimum_image(vectors: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """``[..., 3]`` vectors (Angstrom) wrapped to their shortest image along periodic axes."""
+    frac = vectors @ np.linalg.pinv(cell)
+    frac[..., pbc] -= np.round(frac[..., pbc])
+    return frac @ cell
+
+
 def match_translated(
     reference: np.ndarray,
     candidates: np.ndarray,
@@ -192,9 +200,7 @@ def match_translated(
             "electrode is not periodic over the lead width"
         )
     delta = candidates[None, :, :] - (reference[:, None, :] + shift)
-    frac = delta @ np.linalg.pinv(cell)
-    frac[..., pbc] -= np.round(frac[..., pbc])
-    distance = np.linalg.norm(frac @ cell, axis=-1)
+    distance = np.linalg.norm(minimum_image(delta, cell, pbc), axis=-1)
     rows, cols = linear_sum_assignment(distance)
     worst = int(np.argmax(distance[rows, cols]))
     if distance[rows[worst], cols[worst]] > tolerance:
@@ -246,11 +252,7 @@ def open_device(
     i, j = record.pairs[:, 0], record.pairs[:, 1]
     vectors = record.positions[j] - record.positions[i] + record.shifts @ record.cell
     if np.all(record.shifts == 0) and record.pbc.any():
-        # Gamma-folded: place each pair at its minimum image.
-        inverse = np.linalg.pinv(record.cell)
-        frac = vectors @ inverse
-        frac[:, record.pbc] -= np.round(frac[:, record.pbc])
-        vectors = frac @ record.cell
+        vectors = minimum_image(vectors, record.cell, record.pbc)  # Gamma-folded pairs
     inside = inside_cell(x[i], vectors[:, axis], length)
     near = np.linalg.norm(vectors, axis=1) <= cutoff
     keep = inside & near
