@@ -166,23 +166,15 @@ def _sweep(blocks: _Blocks, sigma_l, sigma_r, energy):
         d = diag(1) - matmul(e * blocks.s_lower[0] - blocks.h_lower[0], y)
         chain = y
 
-        def step(carry, xs):
+        def step(carry, k):
+            # Blocks are indexed inside the step, not sliced for the scan: slices of the
+            # stacked blocks would be copied again for every energy.
             d, chain = carry
-            h_up, s_up, h_low, s_low, h_next, s_next, pad_next = xs
-            y = jnp.linalg.solve(d, e * s_up - h_up)
-            d_next = e * s_next - h_next + jnp.diag(pad_next) - matmul(e * s_low - h_low, y)
+            y = jnp.linalg.solve(d, e * blocks.s_upper[k] - blocks.h_upper[k])
+            d_next = diag(k + 1) - matmul(e * blocks.s_lower[k] - blocks.h_lower[k], y)
             return (d_next, matmul(chain, y)), None
 
-        xs = (
-            blocks.h_upper[1:],
-            blocks.s_upper[1:],
-            blocks.h_lower[1:],
-            blocks.s_lower[1:],
-            blocks.h_diag[2:],
-            blocks.s_diag[2:],
-            blocks.pad[2:],
-        )
-        (d, chain), _ = lax.scan(step, (d, chain), xs)
+        (d, chain), _ = lax.scan(step, (d, chain), jnp.arange(1, n_layers - 1))
         d = d - sigma_r
         # chain @ d^-1 as a solve with the transposed system.
         g_first_last = jnp.linalg.solve(d.T, chain.T).T
