@@ -144,7 +144,9 @@ def bench_size(n_blocks: int, b: int, n_energies: int, args) -> dict:
         ("xla", jax.jit(jnp.matmul), (x, y)),
         ("blas", np.matmul, (np.asarray(x), np.asarray(y))),
     ):
-        first, steady = timed(gemm, *xy, repeat=max(3, args.repeat))
+        # a few ms per call: best of many, so the denominator is the machine's rate and
+        # not one noisy sample (single calls swung 57-100 GFLOP/s on the 2-core machine)
+        first, steady = timed(gemm, *xy, repeat=max(20, args.repeat))
         rates[engine] = 8 * b**3 * n_energies / steady / 1e9
         emit(
             {
@@ -222,7 +224,7 @@ def bench_dense(n_blocks: int, b: int, state: dict, args) -> None:
     def solve(a, rhs):
         return scipy.linalg.solve(a, rhs, check_finite=False)
 
-    first, steady = timed(solve, a, rhs, repeat=1)
+    first, steady = timed(solve, a, rhs, repeat=args.repeat)
     emit(
         {
             "what": "dense",
@@ -273,7 +275,7 @@ def bench_grad(n_blocks: int, b: int, state: dict, args) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="N in {8, 32} x b in 64..512")
-    parser.add_argument("--repeat", type=int, default=2, help="steady-state repetitions")
+    parser.add_argument("--repeat", type=int, default=3, help="steady-state repetitions (best of)")
     parser.add_argument("--no-dense", action="store_true", help="skip the dense baseline")
     parser.add_argument(
         "--openblas-threads", type=int, help="OPENBLAS_NUM_THREADS for LAPACK (see above)"

@@ -39,7 +39,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from hamjax.transport.layers import check_device, layer_offsets
 from hamjax.transport.linalg import matmul
-from hamjax.transport.surface import DEFAULT_MAX_ITERATIONS, _surface, dyson_residual
+from hamjax.transport.surface import DEFAULT_MAX_ITERATIONS, _fixed_point_residual, _surface
 
 __all__ = [
     "Lead",
@@ -82,7 +82,8 @@ class TransmissionResult(NamedTuple):
 
     Attributes:
         transmission: T(E), ``[n_E]`` float64 (dimensionless, channels).
-        residual_left: relative Dyson residual of the left surface Green's function, ``[n_E]``.
+        residual_left: Dyson residual of the left surface Green's function, ``[n_E]``
+            (:func:`hamjax.transport.surface.dyson_residual`).
         residual_right: same for the right lead, ``[n_E]``.
     """
 
@@ -139,7 +140,8 @@ def _self_energies(left: _LeadBlocks, right: _LeadBlocks, energy, eta, max_itera
     for lead, side in ((left, "left"), (right, "right")):
         a00, a_out, a_in = _lead_matrices(lead, z, side)
         g = _surface(a00, a_out, a_in, max_iterations)
-        out.append((a_out @ g @ a_in, dyson_residual(g, a00, a_out, a_in)))
+        sigma = matmul(matmul(a_out, g), a_in)
+        out.append((sigma, _fixed_point_residual(g, a00, sigma)))
     (sigma_l, res_l), (sigma_r, res_r) = out
     return sigma_l, sigma_r, res_l, res_r
 
