@@ -53,7 +53,9 @@ class TwoTerminal:
         order: ``[n_atoms]`` record atom of every position in the transport order.
         orbital_order: ``[n_orb]`` record orbital of every row of ``hamiltonian``.
         atom_layer: ``[n_atoms]`` layer of every record atom.
-        fermi_level_ev: the record's Fermi level in eV, or None.
+        fermi_level_ev: the record's Fermi level in eV, or None (for a tblite record the
+            chemical potential of its SCF's Fermi smearing; for transport through metallic
+            electrodes see :func:`hamjax.vcm.fermi_level_by_count`).
         dropped_max_ev: largest |H| entry (eV) of the blocks dropped for lying beyond the
             cutoff (the price of the truncation; boundary-crossing blocks not counted).
     """

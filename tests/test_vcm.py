@@ -93,6 +93,29 @@ def test_fermi_level_by_count_fills_the_requested_electrons():
         assert count == pytest.approx(n_electrons, abs=1e-9)
 
 
+def test_tin_is_a_metal_at_the_transport_fermi_level():
+    """Rock-salt TiN (GFN1-xTB, 8-atom cubic cell, Gamma point) has 9 valence electrons per
+    formula unit, an odd count: its Fermi level at the electrodes' 300 K must fall on a
+    partially filled level. The SCF's own chemical potential, taken at its 0.8 eV Fermi
+    smearing, need not (it sits in the N p - Ti d pseudogap in larger cells)."""
+    import scipy.linalg
+    from ase.build import bulk
+
+    from hamjax.constants import BOLTZMANN_EV_K
+    from hamjax.reference import compute_reference
+    from hamjax.vcm import fermi_level_by_count
+
+    record = compute_reference(bulk("TiN", "rocksalt", a=4.24, cubic=True), name="TiN")
+    n_electrons = record.metadata["n_electrons"]
+    assert n_electrons == pytest.approx(36.0)
+    kt = BOLTZMANN_EV_K * 300.0 / HARTREE_EV
+    mu = fermi_level_by_count(record, n_electrons, kt)
+    levels = scipy.linalg.eigh(record.to_dense(), record.to_dense("overlap"))[0]
+    occupations = 2.0 / (1.0 + np.exp((levels - mu) / kt))
+    assert occupations.sum() == pytest.approx(n_electrons, abs=1e-8)
+    assert np.any((occupations > 0.05) & (occupations < 1.95))  # a partially filled level
+
+
 @pytest.mark.slow
 def test_experiment_end_to_end_is_consistent(tmp_path):
     """A minimal run (one training device, one test device, a few epochs): the outputs
