@@ -345,15 +345,77 @@ def mae_row(errors: Mapping[str, np.ndarray]) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- transport
+def _fermi_occupations(levels, mu, kt):
+    """Spin-summed Fermi-Dirac occupations (kt > 0, same units as levels)."""
+    return 2.0 / (1.0 + np.exp(np.clip((levels - mu) / kt, -700.0, 700.0)))
+
+
+def electrode_population(record, atoms: np.ndarray) -> float:
+    """Mulliken electron population of ``atoms`` in the reference's own SCF state.
+
+    The Gamma levels of H, S are filled as the reference's SCF filled them: Fermi-Dirac at
+    its chemical potential ``record.fermi_level`` and its electronic temperature.
+    """
+    kt = float(record.metadata["electronic_temperature_hartree"])
+    levels, weights = _levels_and_weights(record, atoms)
+    return float(np.sum(_fermi_occupations(levels, record.fermi_level, kt) * weights))
+
+
+def _levels_and_weights(record, atoms: np.ndarray):
+    """Gamma levels (Hartree) and each level's Mulliken weight on ``atoms``."""
+    import scipy.linalg
+
+    h, s = record.to_dense("hamiltonian"), record.to_dense("overlap")
+    levels, c = scipy.linalg.eigh(h, s)
+    off = record.orbital_offsets
+    orbitals = np.concatenate([np.arange(off[a], off[a + 1]) for a in np.asarray(atoms)])
+    weights = np.sum(np.real(c[orbitals].conj() * (s @ c)[orbitals]), axis=0)
+    return levels, weights
+
+
+def electrode_fermi_level(
+    record, atoms: np.ndarray, population: float, temperature_hartree: float
+) -> float:
+    """Fermi level (Hartree) at which ``atoms`` hold ``population`` electrons (Mulliken).
+
+    A device between two large metallic electrodes has the electrodes' Fermi level: charge
+    the device region gains or loses (vacancy donors, the model's errors) flows to the
+    electrodes' reservoir without moving it. A periodic Gamma-point cell has no reservoir:
+    filling its total electron count (:func:`fermi_level_by_count`) moves E_F with every
+    donor in the small device region. Here instead E_F is set so that the electrode atoms
+    (the lead cells) keep their population, the reference SCF's own
+    (:func:`electrode_population`), at the transport temperature; for the prediction, the
+    same population in the predicted levels. For a bulk crystal whose atoms are all
+    electrode this is :func:`fermi_level_by_count`.
+    """
+    levels, weights = _levels_and_weights(record, atoms)
+    kt = float(temperature_hartree)
+    if not 0.0 < population < 2.0 * weights.sum():
+        raise ValueError(
+            f"population {population:g} outside 0 .. {2.0 * weights.sum():g} electrons "
+            f"that the levels of the {len(atoms)} electrode atoms hold"
+        )
+    lo, hi = float(levels[0]) - 50 * kt, float(levels[-1]) + 50 * kt
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if np.sum(_fermi_occupations(levels, mid, kt) * weights) < population:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-14:
+            break
+    return 0.5 * (lo + hi)
+
+
 def fermi_level_by_count(record, n_electrons: float, temperature_hartree: float) -> float:
     """Fermi level (Hartree) that puts ``n_electrons`` into the Gamma-point levels of H, S.
 
     Fermi-Dirac filling (two electrons per level) at ``temperature_hartree``, or the mid-gap
     when the gap is large on that scale.
 
-    Transport uses this at the electrodes' temperature for the reference and the prediction
-    alike, not the chemical potential of the reference's SCF: that one belongs to the SCF's
-    Fermi smearing (kT = 0.03-0.06 Ha, 0.8-1.6 eV, needed to converge metallic TiN), and
+    Neither this nor the chemical potential of the reference's SCF is the level transport
+    uses (:func:`electrode_fermi_level`). The SCF's chemical potential belongs to its Fermi
+    smearing (kT = 0.03-0.06 Ha, 0.8-1.6 eV, needed to converge metallic TiN), and
     with the TiN density of states, much larger above E_F (Ti d) than below (N p), it sits
     about 1 eV low, in the p-d pseudogap where the TiN electrodes have no open channel
     (96-atom bulk TiN, GFN1-xTB at kT = 0.03 Ha: SCF chemical potential -8.16 eV, the
@@ -384,8 +446,18 @@ def _channels(lead, energies) -> np.ndarray:
         return open_channels(lead, energies, method="transmission", check=False)
 
 
+def transport_device(record, config: VCMConfig):
+    """The open two-terminal device of a periodic record (``two_terminal.open_device``)."""
+    from hamjax.structures import A_TIN
+    from hamjax.two_terminal import open_device
+
+    return open_device(
+        record, cutoff=config.transport_cutoff_angstrom, lead_width=config.lead_cells * A_TIN
+    )
+
+
 def device_transport(
-    record, config: VCMConfig, fermi_level_ev: float, *, channels: bool = True
+    record, config: VCMConfig, fermi_level_ev: float, *, channels: bool = True, device=None
 ) -> dict:
     """T(E) on ``E_F +/- window``, the current at the bias, and (``channels``) the leads'
     open channels.
@@ -396,13 +468,10 @@ def device_transport(
     of its Gamma-point band structure), and T(E) there is evanescent tunnelling whatever the
     device does.
     """
-    from hamjax.structures import A_TIN
     from hamjax.transport import current, transmission
-    from hamjax.two_terminal import open_device
 
-    device = open_device(
-        record, cutoff=config.transport_cutoff_angstrom, lead_width=config.lead_cells * A_TIN
-    )
+    if device is None:
+        device = transport_device(record, config)
     energies = fermi_level_ev + np.linspace(
         -config.energy_window_ev, config.energy_window_ev, config.n_energies
     )
@@ -714,14 +783,18 @@ def run_experiment(
     for name, predicted in zip(tests, predictions, strict=True):
         reference = records[name]
         errors[name] = entry_errors(*fold_prediction(predicted, reference))
-        # both Fermi levels by filling the reference's electron count at the electrodes'
-        # temperature (see fermi_level_by_count)
+        # both Fermi levels from the electrodes' population at the electrodes' temperature
+        # (see electrode_fermi_level)
         kt_hartree = BOLTZMANN_EV_K * config.temperature_k / HARTREE_EV
-        n_electrons = reference.metadata["n_electrons"]
-        fermi_ref = fermi_level_by_count(reference, n_electrons, kt_hartree)
-        ref_t = device_transport(reference, config, fermi_ref * HARTREE_EV)
+        device = transport_device(reference, config)
+        last_layer = device.atom_layer.max()
+        electrodes = np.flatnonzero((device.atom_layer == 0) | (device.atom_layer == last_layer))
+        population = electrode_population(reference, electrodes)
+        fermi_ref = electrode_fermi_level(reference, electrodes, population, kt_hartree)
+        ref_t = device_transport(reference, config, fermi_ref * HARTREE_EV, device=device)
         for_transport[name] = prediction_for_transport(predicted, reference)
-        fermi_pred = fermi_level_by_count(for_transport[name], n_electrons, kt_hartree)
+        fermi_pred = electrode_fermi_level(for_transport[name], electrodes, population, kt_hartree)
+        fermi_count = fermi_level_by_count(reference, reference.metadata["n_electrons"], kt_hartree)
         pred_t = device_transport(
             for_transport[name], config, fermi_pred * HARTREE_EV, channels=False
         )
@@ -735,6 +808,7 @@ def run_experiment(
                 "current_pred_A": pred_t["current"],
                 "fermi_level_ref_eV": ref_t["fermi_level"],
                 "fermi_level_pred_eV": pred_t["fermi_level"],
+                "fermi_level_by_count_ref_eV": fermi_count * HARTREE_EV,
                 "scf_chemical_potential_ref_eV": reference.fermi_level * HARTREE_EV,
                 "reference_dropped_beyond_transport_cutoff_max_eV": (
                     ref_t["device"].dropped_max_ev

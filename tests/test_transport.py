@@ -9,6 +9,7 @@ import scipy.sparse as sp
 from hamjax.transport import (
     Lead,
     check_device,
+    lead_fermi_level,
     open_channels,
     principal_layers,
     self_energy,
@@ -184,6 +185,32 @@ def test_open_channels_of_a_wire_and_of_a_nonorthogonal_chain():
     assert inside.any() and not inside.all()
     np.testing.assert_allclose(open_channels(chain_lead, energies, eta=ETA), inside, atol=1e-6)
     np.testing.assert_array_equal(open_channels(chain_lead, energies, method="bands"), inside)
+
+
+def test_lead_fermi_level_of_chains_and_a_wire():
+    """Filling n electrons per cell puts E_F at E(k_F), k_F = pi n / 2, on a chain with
+    E(k) = (e0 + 2 h cos k) / (1 + 2 s cos k) (monotonic in |k|); on the square wire the
+    filled states of all transverse modes add up; half filling of a symmetric band is at
+    its centre at any temperature."""
+    e0, hop, s_nn = 0.4, -1.2, 0.15
+    lead = Lead([[e0]], [[hop]], [[1.0]], [[s_nn]])
+    for n in (0.3, 1.0, 1.7):
+        k_f = np.pi * n / 2
+        exact = (e0 + 2 * hop * np.cos(k_f)) / (1 + 2 * s_nn * np.cos(k_f))
+        mu = lead_fermi_level(lead, n, temperature=0.0, n_k=4000)
+        assert mu == pytest.approx(exact, abs=5e-3)
+    orthogonal = Lead([[0.0]], [[-1.0]])
+    assert lead_fermi_level(orthogonal, 1.0, temperature=3000.0) == pytest.approx(0.0, abs=1e-9)
+
+    width = 3  # transverse modes e_m = -2 cos(m pi / 4), each band e_m - 2 cos k
+    wire = Lead(-(np.eye(width, k=1) + np.eye(width, k=-1)), -np.eye(width))
+    modes = -2 * np.cos(np.arange(1, width + 1) * np.pi / (width + 1))
+    mu = lead_fermi_level(wire, 2.0, temperature=0.0, n_k=4000)
+    # electrons per cell of band m below mu: (2 / pi) arccos((e_m - mu) / 2), clipped
+    per_band = 2 / np.pi * np.arccos(np.clip((modes - mu) / 2, -1, 1))
+    assert per_band.sum() == pytest.approx(2.0, abs=5e-3)
+    with pytest.raises(ValueError, match="does not fit"):
+        lead_fermi_level(orthogonal, 2.5)
 
 
 def test_open_channels_band_count_equals_perfect_lead_transmission():

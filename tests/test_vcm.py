@@ -116,6 +116,46 @@ def test_tin_is_a_metal_at_the_transport_fermi_level():
     assert np.any((occupations > 0.05) & (occupations < 1.95))  # a partially filled level
 
 
+def test_electrode_fermi_level_ignores_charge_of_the_device_region():
+    """A 40-site ring (hopping -0.1 Ha) is the 'electrode'; one decoupled site at +0.3 Ha,
+    above the band, is a donor in the 'device'. Filling 41 electrons into the whole cell
+    pushes E_F above the band centre (kT ln 3); the electrode's half-filling population (20 of its
+    40 sites' electrons on sites 0-19, Mulliken, exact for the ring's degenerate pairs)
+    keeps E_F at the centre, 0 by particle-hole symmetry."""
+    from hamjax.vcm import electrode_fermi_level, electrode_population, fermi_level_by_count
+
+    n = 40
+    h = np.zeros((n + 1, n + 1))
+    for i in range(n):
+        h[i, (i + 1) % n] = h[(i + 1) % n, i] = -0.1
+    h[n, n] = 0.3
+    basis = Basis.from_dict("one-s", {"H": (0,)})
+    positions = np.column_stack([np.arange(n + 1.0), np.zeros(n + 1), np.zeros(n + 1)])
+    record = BlockHamiltonian.from_dense(
+        np.ones(n + 1, int),
+        positions,
+        np.diag([n + 1.0, 10.0, 10.0]),
+        [True, True, True],
+        basis,
+        h,
+        np.eye(n + 1),
+        fermi_level=0.0,
+        metadata={"electronic_temperature_hartree": 1e-3},
+    )
+    kt = 1e-3
+    electrodes = np.arange(20)
+    assert electrode_population(record, electrodes) == pytest.approx(20.0, abs=1e-9)
+    mu = electrode_fermi_level(record, electrodes, 20.0, kt)
+    assert mu == pytest.approx(0.0, abs=1e-9)
+    # the whole-cell count puts the donor's electron into the ring's two levels at E = 0
+    # (3 of their 4 states filled: f = 3/4, mu = kT ln 3)
+    assert fermi_level_by_count(record, 41.0, kt) == pytest.approx(kt * np.log(3), rel=1e-6)
+    everything = np.arange(n + 1)  # all atoms electrode: the plain count
+    assert electrode_fermi_level(record, everything, 43.0, kt) == pytest.approx(
+        fermi_level_by_count(record, 43.0, kt), abs=1e-9
+    )
+
+
 @pytest.mark.slow
 def test_experiment_end_to_end_is_consistent(tmp_path):
     """A minimal run (one training device, one test device, a few epochs): the outputs

@@ -7,6 +7,8 @@ point: ``jax.config.update("jax_enable_x64", True)``).
 - :func:`transmission` — T(E) of a two-terminal device from H, S and principal layers
   (NumPy, scipy.sparse or JAX input; jit/grad/jvp with static layers).
 - :func:`open_channels` — number of open channels of a periodic lead (its own T(E)).
+- :func:`lead_bands`, :func:`lead_fermi_level` — a lead's bands and the Fermi level its
+  electrons set.
 - :func:`current`, :func:`spectral_current` — Landauer current with ``mu_L,R = E_F +/- V/2``.
 - :func:`linear_potential_drop` — add a linear bias drop ``S_ij (U_i + U_j) / 2`` to H.
 - :func:`principal_layers` — layer sizes from atom order and the sparsity of H and S.
@@ -14,6 +16,7 @@ point: ``jax.config.update("jax_enable_x64", True)``).
 - :func:`check_device` — the input checks :func:`transmission` runs.
 """
 
+from hamjax.transport.bands import lead_bands, lead_fermi_level
 from hamjax.transport.current import (
     chemical_potentials,
     current,
@@ -40,6 +43,8 @@ __all__ = [
     "TransmissionResult",
     "transmission",
     "open_channels",
+    "lead_bands",
+    "lead_fermi_level",
     "current",
     "spectral_current",
     "chemical_potentials",

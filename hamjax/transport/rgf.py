@@ -567,29 +567,16 @@ def open_channels(
     Returns:
         ``[n_E]`` float64 array: the perfect lead's T(E), or the band count.
     """
-    h00, h01 = np.atleast_2d(lead.onsite), np.atleast_2d(lead.hopping)
+    from hamjax.transport.bands import _blocks, lead_bands
+
+    h00, h01, s00, s01 = _blocks(lead)
     b = h00.shape[0]
-    s00 = np.eye(b) if lead.overlap_onsite is None else np.atleast_2d(lead.overlap_onsite)
-    s01 = np.zeros((b, b)) if lead.overlap_hopping is None else np.atleast_2d(lead.overlap_hopping)
     energies = np.asarray(energies, dtype=np.float64)
     if method == "bands":
-        import scipy.linalg
-
-        bands = []
-        for k in np.linspace(0.0, 2.0 * np.pi, n_k, endpoint=False):
-            phase = np.exp(1j * k)
-            hk = h00 + h01 * phase + h01.conj().T / phase
-            sk = s00 + s01 * phase + s01.conj().T / phase
-            try:
-                bands.append(scipy.linalg.eigh(hk, sk, eigvals_only=True))
-            except np.linalg.LinAlgError:
-                lowest = float(np.linalg.eigvalsh(sk)[0])
-                raise ValueError(
-                    f"the lead's Bloch overlap S(k) is not positive definite at k = {k:.3f} "
-                    f"(lowest eigenvalue {lowest:.3g}), so its bands are undefined; count "
-                    "with method='transmission'"
-                ) from None
-        bands = np.asarray(bands)  # [n_k, b], each column a continuous periodic band
+        try:
+            bands = lead_bands(lead, n_k)  # [n_k, b], each column a continuous periodic band
+        except ValueError as err:
+            raise ValueError(f"{err}; count with method='transmission'") from None
         above = bands[None, :, :] > energies[:, None, None]
         crossings = np.sum(above != np.roll(above, -1, axis=1), axis=(1, 2))
         return crossings / 2.0
