@@ -7,9 +7,11 @@ Both are exact derivatives computed by JAX:
   :func:`per_atom` sums ``|dI/dH_ab|`` over the rows of each atom's orbitals, a map of where
   the Hamiltonian controls the current.
 - :func:`position_chain` builds ``positions -> model -> H -> T(E) -> I`` for a trained model,
-  so ``jax.grad`` gives dI/dR (A/Angstrom) for every atom. The overlap S is held fixed at the
-  reference (the model predicts H only), and the graph's connectivity is fixed, so the
-  derivative is exact as long as no pair crosses the cutoff (where the model is smooth).
+  so ``jax.grad`` gives dI/dR (A/Angstrom) for every atom; :func:`model_gradients` gets dI/dH
+  and dI/dR of that chain together (one solver gradient, then the model's VJP). The overlap
+  S is held fixed at the reference (the model predicts H only), and the graph's connectivity
+  is fixed, so the derivative is exact as long as no pair crosses the cutoff (where the
+  model is smooth).
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ import numpy as np
 from hamjax.constants import HARTREE_EV
 from hamjax.two_terminal import TwoTerminal, axis_coordinates, inside_cell
 
-__all__ = ["current_and_hamiltonian_gradient", "per_atom", "position_chain"]
+__all__ = [
+    "current_and_hamiltonian_gradient",
+    "per_atom",
+    "position_hamiltonian",
+    "device_current",
+    "position_chain",
+    "model_gradients",
+]
 
 
 def _current_fn(overlap, layers, energies, bias, fermi_level, temperature, eta):
@@ -82,6 +91,72 @@ def per_atom(matrix: np.ndarray, device: TwoTerminal, orbital_counts: Sequence[i
     return out
 
 
+def position_hamiltonian(
+    model_config,
+    graph,
+    device: TwoTerminal,
+    *,
+    axis: int = 0,
+    origin_offset: float = 0.5,
+):
+    """``hamiltonian(params, positions) -> H`` (eV, ``[n_orb, n_orb]`` in the device's
+    transport order): the model's prediction as the solver sees it.
+
+    Args:
+        model_config: :class:`hamjax.models.ModelConfig` of the trained model.
+        graph: :class:`hamjax.graph.Graph` of the device (record atom order), built with the
+            model's cutoff.
+        device: :func:`hamjax.two_terminal.open_device` of the same structure (its orbital
+            order defines the rows of H).
+        axis, origin_offset: as in :func:`hamjax.two_terminal.open_device`.
+    """
+    from hamjax.assemble import dense_hamiltonian, orbital_index
+    from hamjax.models import HamiltonianModel
+
+    model = HamiltonianModel(model_config)
+    x, length = axis_coordinates(graph.positions, graph.cell, axis, origin_offset)
+    # Couplings through the cell boundary along the axis are cut, as in open_device.
+    keep = jnp.asarray(inside_cell(x[graph.senders], graph.edge_vectors[:, axis], length))
+    tuple_graph = jax.tree.map(jnp.asarray, graph.to_graphs_tuple())
+    index = orbital_index(model_config.basis, np.asarray(graph.numbers))
+    perm = jnp.asarray(device.orbital_order)
+    dtype = jnp.dtype(model_config.dtype)
+    edges = tuple_graph.edges
+
+    def hamiltonian(params, positions):
+        nodes = dict(tuple_graph.nodes)
+        nodes["positions"] = positions.astype(dtype)
+        node_blocks, edge_blocks = model.apply(params, tuple_graph._replace(nodes=nodes))
+        h = dense_hamiltonian(
+            node_blocks,
+            edge_blocks,
+            tuple_graph.senders,
+            tuple_graph.receivers,
+            edges["shifts"],
+            edges["mask"] & keep,
+            index,
+        )
+        return h.astype(jnp.float64)[perm][:, perm] * HARTREE_EV
+
+    return hamiltonian
+
+
+def device_current(
+    device: TwoTerminal,
+    energies,
+    bias: float,
+    *,
+    fermi_level: float,
+    temperature: float = 300.0,
+    eta: float | None = None,
+):
+    """``current(H) -> I`` (A) of the open device with its S held fixed (H in eV)."""
+    overlap = jnp.asarray(device.overlap.toarray())
+    return _current_fn(
+        overlap, device.layers, jnp.asarray(energies), bias, fermi_level, temperature, eta
+    )
+
+
 def position_chain(
     model_config,
     graph,
@@ -97,52 +172,37 @@ def position_chain(
 ):
     """``chain(params, positions) -> current`` (A) through the model and the NEGF solver.
 
-    Args:
-        model_config: :class:`hamjax.models.ModelConfig` of the trained model.
-        graph: :class:`hamjax.graph.Graph` of the device (record atom order), built with the
-            model's cutoff.
-        device: :func:`hamjax.two_terminal.open_device` of the same structure (its S is used,
-            held fixed; its layers and orbital order define the transport problem).
-        energies: ``[n_E]`` eV; bias: volts; fermi_level: eV; temperature: kelvin.
-        eta: lead broadening (eV) or None for the solver's default.
-        axis, origin_offset: as in :func:`hamjax.two_terminal.open_device`.
-
-    Returns:
-        A function of ``(params, positions [n_atoms, 3] Angstrom)``; differentiate it with
-        ``jax.grad(chain, argnums=1)`` for dI/dR in A/Angstrom.
+    The composition of :func:`position_hamiltonian` and :func:`device_current` (same
+    arguments; energies in eV, bias in volts, fermi_level in eV, temperature in kelvin);
+    ``jax.grad(chain, argnums=1)`` gives dI/dR in A/Angstrom. :func:`model_gradients` gets
+    dI/dH and dI/dR together for the cost of one solver gradient.
     """
-    from hamjax.assemble import dense_hamiltonian, orbital_index
-    from hamjax.models import HamiltonianModel
-
-    model = HamiltonianModel(model_config)
-    x, length = axis_coordinates(graph.positions, graph.cell, axis, origin_offset)
-    # Couplings through the cell boundary along the axis are cut, as in open_device.
-    keep = inside_cell(x[graph.senders], graph.edge_vectors[:, axis], length)
-    tuple_graph = jax.tree.map(jnp.asarray, graph.to_graphs_tuple())
-    index = orbital_index(model_config.basis, np.asarray(graph.numbers))
-    perm = jnp.asarray(device.orbital_order)
-    overlap = jnp.asarray(device.overlap.toarray())
-    current = _current_fn(
-        overlap, device.layers, jnp.asarray(energies), bias, fermi_level, temperature, eta
+    hamiltonian = position_hamiltonian(
+        model_config, graph, device, axis=axis, origin_offset=origin_offset
     )
-    dtype = jnp.dtype(model_config.dtype)
-    edges = tuple_graph.edges
-    keep = jnp.asarray(keep)
+    current = device_current(
+        device, energies, bias, fermi_level=fermi_level, temperature=temperature, eta=eta
+    )
 
     def chain(params, positions):
-        nodes = dict(tuple_graph.nodes)
-        nodes["positions"] = positions.astype(dtype)
-        node_blocks, edge_blocks = model.apply(params, tuple_graph._replace(nodes=nodes))
-        h = dense_hamiltonian(
-            node_blocks,
-            edge_blocks,
-            tuple_graph.senders,
-            tuple_graph.receivers,
-            edges["shifts"],
-            edges["mask"] & keep,
-            index,
-        )
-        h = h.astype(jnp.float64)[perm][:, perm] * HARTREE_EV
-        return current(h)
+        return current(hamiltonian(params, positions))
 
     return chain
+
+
+def model_gradients(hamiltonian, current, params, positions):
+    """``(I, dI/dH, dI/dR)`` at the model's H: one solver gradient, then the model's VJP.
+
+    Args:
+        hamiltonian: from :func:`position_hamiltonian`.
+        current: from :func:`device_current`.
+        params, positions: the model's parameters and the atoms' positions (Angstrom).
+
+    Returns:
+        current (A), dI/dH (A/eV, ``[n_orb, n_orb]``, transport order) and dI/dR
+        (A/Angstrom, ``[n_atoms, 3]``), NumPy.
+    """
+    h, pullback = jax.vjp(jax.jit(lambda r: hamiltonian(params, r)), positions)
+    value, grad_h = jax.jit(jax.value_and_grad(current))(h)
+    (grad_r,) = pullback(grad_h)
+    return float(value), np.asarray(grad_h), np.asarray(grad_r)

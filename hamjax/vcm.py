@@ -640,7 +640,12 @@ def sensitivity_maps(
     import jax.numpy as jnp
 
     from hamjax.graph import build_graph
-    from hamjax.sensitivity import current_and_hamiltonian_gradient, per_atom, position_chain
+    from hamjax.sensitivity import (
+        device_current,
+        model_gradients,
+        per_atom,
+        position_hamiltonian,
+    )
 
     device = transport["device"]
     # Only the energies that carry current: the bias window and 10 kT on each side (the
@@ -649,25 +654,26 @@ def sensitivity_maps(
     reach = config.bias_volt / 2 + 10 * BOLTZMANN_EV_K * config.temperature_k
     energies = energies[np.abs(energies - fermi_level_ev) <= reach]
     kwargs = dict(fermi_level=fermi_level_ev, temperature=config.temperature_k)
-    current_h, grad_h = current_and_hamiltonian_gradient(
-        device, energies, config.bias_volt, **kwargs
-    )
-    per_atom_h = per_atom(grad_h, device, record.orbital_counts)
+    current = device_current(device, energies, config.bias_volt, **kwargs)
+    current_fn = jax.jit(current)
+    # the predicted H as transported (pairs to the transport cutoff), against which the
+    # model chain's own H (pairs to the model cutoff) is checked
+    current_h = float(current_fn(jnp.asarray(device.hamiltonian.toarray())))
 
+    # dI/dH and dI/dR at the model chain's H: one solver gradient, then the model's VJP
     model_config = dataclasses.replace(predictor.config, dtype="float64")
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), predictor.params)
     graph = build_graph(atoms, model_config.cutoff)
-    chain = position_chain(model_config, graph, device, energies, config.bias_volt, **kwargs)
+    hamiltonian = position_hamiltonian(model_config, graph, device)
     positions = jnp.asarray(atoms.positions)
-    value_and_grad = jax.jit(jax.value_and_grad(chain, argnums=1))
-    current_r, grad_r = value_and_grad(params, positions)
-    grad_r = np.asarray(grad_r)
+    current_r, grad_h, grad_r = model_gradients(hamiltonian, current, params, positions)
+    per_atom_h = per_atom(grad_h, device, record.orbital_counts)
     norms = np.linalg.norm(grad_r, axis=1)
 
     # Finite differences: move the most sensitive atoms along their gradient.
     step = config.finite_difference_step_angstrom
     checks = []
-    chain_jit = jax.jit(chain)
+    chain_jit = jax.jit(lambda p, r: current(hamiltonian(p, r)))
     for atom in np.argsort(norms)[::-1][: config.finite_difference_atoms]:
         direction = grad_r[atom] / max(norms[atom], 1e-300)
         shift = np.zeros_like(atoms.positions)
