@@ -64,10 +64,10 @@ def current_and_hamiltonian_gradient(
     eta: float | None = None,
 ) -> tuple[float, np.ndarray]:
     """Current (A) and ``dI/dH`` (A/eV, ``[n_orb, n_orb]`` in the device's transport order)."""
-    h = jnp.asarray(device.hamiltonian.toarray())
-    s = jnp.asarray(device.overlap.toarray())
-    fn = _current_fn(s, device.layers, jnp.asarray(energies), bias, fermi_level, temperature, eta)
-    value, grad = jax.jit(jax.value_and_grad(fn))(h)
+    fn = device_current(
+        device, energies, bias, fermi_level=fermi_level, temperature=temperature, eta=eta
+    )
+    value, grad = jax.jit(jax.value_and_grad(fn))(jnp.asarray(device.hamiltonian.toarray()))
     return float(value), np.asarray(grad)
 
 
