@@ -28,6 +28,12 @@ mixing 0.05: a large smearing (0.8 eV), recorded in the metadata, that trades so
 of the electrodes' occupations for an SCF that converges on every device tried. Lower it
 (with ``annealing``) when the cycles can be afforded. Molecules and gapped clusters keep
 tblite's defaults (9.5e-4 Ha, mixing 0.4).
+
+The record's ``fermi_level`` is the SCF's chemical potential at that smearing. For a metal
+whose density of states is lopsided around E_F it is not the Fermi level at room
+temperature: in TiN (far more Ti d states above E_F than N p below) it sits about 1 eV low,
+in the p-d pseudogap. Transport needs the latter (:func:`hamjax.vcm.electrode_fermi_level`,
+:func:`hamjax.vcm.fermi_level_by_count`).
 """
 
 from __future__ import annotations
