@@ -390,23 +390,15 @@ def electrode_fermi_level(
     same population in the predicted levels. For a bulk crystal whose atoms are all
     electrode this is :func:`fermi_level_by_count`.
     """
+    from hamjax.transport.current import filling_level
+
     levels, weights = _levels_and_weights(record, atoms)
-    kt = float(temperature_hartree)
     if not 0.0 < population < 2.0 * weights.sum():
         raise ValueError(
             f"population {population:g} outside 0 .. {2.0 * weights.sum():g} electrons "
             f"that the levels of the {len(atoms)} electrode atoms hold"
         )
-    lo, hi = float(levels[0]) - 50 * kt, float(levels[-1]) + 50 * kt
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if np.sum(_fermi_occupations(levels, mid, kt) * weights) < population:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-14:
-            break
-    return 0.5 * (lo + hi)
+    return filling_level(levels, weights, population, float(temperature_hartree))
 
 
 def fermi_level_by_count(record, n_electrons: float, temperature_hartree: float) -> float:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from hamjax.constants import BOLTZMANN_EV_K
+from hamjax.transport.current import filling_level
 
 __all__ = ["lead_bands", "lead_fermi_level"]
 
@@ -78,23 +79,12 @@ def lead_fermi_level(
             f"{bands.size // n_k} bands (0 to {capacity:g} electrons per cell)"
         )
     kt = BOLTZMANN_EV_K * float(temperature)
-    levels = np.sort(bands)
-    target = electrons_per_cell * n_k / 2.0  # states to fill, counted over all k
     if kt <= 0.0:
-        full = int(np.floor(target))
+        levels = np.sort(bands)
+        full = int(np.floor(electrons_per_cell * n_k / 2.0))  # states to fill over all k
         if full == 0:
             return float(levels[0])
         if full >= levels.size:
             return float(levels[-1])
         return float(0.5 * (levels[full - 1] + levels[full]))
-
-    def filled(mu):
-        return float(np.sum(1.0 / (1.0 + np.exp(np.clip((levels - mu) / kt, -700, 700)))))
-
-    lo, hi = levels[0] - 50 * kt, levels[-1] + 50 * kt
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if filled(mid) < target else (lo, mid)
-        if hi - lo < 1e-12:
-            break
-    return float(0.5 * (lo + hi))
+    return filling_level(bands, 1.0 / n_k, electrons_per_cell, kt)
