@@ -55,7 +55,7 @@ class TwoTerminal:
         atom_layer: ``[n_atoms]`` layer of every record atom.
         fermi_level_ev: the record's Fermi level in eV, or None (for a tblite record the
             chemical potential of its SCF's Fermi smearing; for transport through metallic
-            electrodes see :func:`hamjax.vcm.fermi_level_by_count`).
+            electrodes see :func:`hamjax.vcm.electrode_fermi_level`).
         dropped_max_ev: largest |H| entry (eV) of the blocks dropped for lying beyond the
             cutoff (the price of the truncation; boundary-crossing blocks not counted).
     """

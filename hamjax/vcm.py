@@ -347,24 +347,12 @@ def mae_row(errors: Mapping[str, np.ndarray]) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- transport
-def _fermi_occupations(levels, mu, kt):
-    """Spin-summed Fermi-Dirac occupations (kt > 0, same units as levels)."""
-    return 2.0 / (1.0 + np.exp(np.clip((levels - mu) / kt, -700.0, 700.0)))
+def electrode_levels(record, atoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gamma levels of H, S (Hartree) and each level's Mulliken weight on ``atoms``.
 
-
-def electrode_population(record, atoms: np.ndarray) -> float:
-    """Mulliken electron population of ``atoms`` in the reference's own SCF state.
-
-    The Gamma levels of H, S are filled as the reference's SCF filled them: Fermi-Dirac at
-    its chemical potential ``record.fermi_level`` and its electronic temperature.
+    One generalised eigendecomposition; :func:`electrode_population`,
+    :func:`electrode_fermi_level` and :func:`fermi_level_by_count` work from its result.
     """
-    kt = float(record.metadata["electronic_temperature_hartree"])
-    levels, weights = _levels_and_weights(record, atoms)
-    return float(np.sum(_fermi_occupations(levels, record.fermi_level, kt) * weights))
-
-
-def _levels_and_weights(record, atoms: np.ndarray):
-    """Gamma levels (Hartree) and each level's Mulliken weight on ``atoms``."""
     import scipy.linalg
 
     h, s = record.to_dense("hamiltonian"), record.to_dense("overlap")
@@ -375,28 +363,38 @@ def _levels_and_weights(record, atoms: np.ndarray):
     return levels, weights
 
 
-def electrode_fermi_level(
-    record, atoms: np.ndarray, population: float, temperature_hartree: float
+def electrode_population(
+    levels: np.ndarray, weights: np.ndarray, fermi_level: float, temperature_hartree: float
 ) -> float:
-    """Fermi level (Hartree) at which ``atoms`` hold ``population`` electrons (Mulliken).
+    """Mulliken electron population of the electrode atoms (:func:`electrode_levels`) with
+    the levels filled Fermi-Dirac at ``fermi_level`` and ``temperature_hartree`` (Hartree):
+    for a reference, its SCF's chemical potential ``record.fermi_level`` and electronic
+    temperature ``metadata["electronic_temperature_hartree"]``, its own SCF state."""
+    x = np.clip((levels - fermi_level) / temperature_hartree, -700.0, 700.0)
+    return float(np.sum(2.0 * weights / (1.0 + np.exp(x))))
 
-    A device between two large metallic electrodes has the electrodes' Fermi level: charge
-    the device region gains or loses (vacancy donors, the model's errors) flows to the
-    electrodes' reservoir without moving it. A periodic Gamma-point cell has no reservoir:
-    filling its total electron count (:func:`fermi_level_by_count`) moves E_F with every
-    donor in the small device region. Here instead E_F is set so that the electrode atoms
-    (the lead cells) keep their population, the reference SCF's own
-    (:func:`electrode_population`), at the transport temperature; for the prediction, the
-    same population in the predicted levels. For a bulk crystal whose atoms are all
-    electrode this is :func:`fermi_level_by_count`.
+
+def electrode_fermi_level(
+    levels: np.ndarray, weights: np.ndarray, population: float, temperature_hartree: float
+) -> float:
+    """Fermi level (Hartree) at which the electrode atoms hold ``population`` electrons.
+
+    ``levels, weights`` from :func:`electrode_levels`. A device between two large metallic
+    electrodes has the electrodes' Fermi level: charge the device region gains or loses
+    (vacancy donors, the model's errors) flows to the electrodes' reservoir without moving
+    it. A periodic Gamma-point cell has no reservoir: filling its total electron count
+    (:func:`fermi_level_by_count`) moves E_F with every donor in the small device region.
+    Here instead E_F is set so that the electrode atoms (the lead cells) keep their
+    population, the reference SCF's own (:func:`electrode_population`), at the transport
+    temperature; for the prediction, the same population in the predicted levels. For a
+    bulk crystal whose atoms are all electrode this is :func:`fermi_level_by_count`.
     """
     from hamjax.transport.current import filling_level
 
-    levels, weights = _levels_and_weights(record, atoms)
     if not 0.0 < population < 2.0 * weights.sum():
         raise ValueError(
             f"population {population:g} outside 0 .. {2.0 * weights.sum():g} electrons "
-            f"that the levels of the {len(atoms)} electrode atoms hold"
+            "that the levels of the electrode atoms hold"
         )
     return filling_level(levels, weights, population, float(temperature_hartree))
 
@@ -417,11 +415,16 @@ def fermi_level_by_count(record, n_electrons: float, temperature_hartree: float)
     """
     import scipy.linalg
 
-    from hamjax.reference._common import fermi_level_from_orbitals
-
     levels = scipy.linalg.eigh(
         record.to_dense("hamiltonian"), record.to_dense("overlap"), eigvals_only=True
     )
+    return _count_fermi_level(levels, n_electrons, temperature_hartree)
+
+
+def _count_fermi_level(levels, n_electrons: float, temperature_hartree: float) -> float:
+    """:func:`fermi_level_by_count` from the levels (Hartree, ascending)."""
+    from hamjax.reference._common import fermi_level_from_orbitals
+
     full, rest = divmod(float(n_electrons), 2.0)
     occupations = np.zeros_like(levels)
     occupations[: int(full)] = 2.0
@@ -789,12 +792,20 @@ def run_experiment(
         device = transport_device(reference, config)
         last_layer = device.atom_layer.max()
         electrodes = np.flatnonzero((device.atom_layer == 0) | (device.atom_layer == last_layer))
-        population = electrode_population(reference, electrodes)
-        fermi_ref = electrode_fermi_level(reference, electrodes, population, kt_hartree)
+        levels, weights = electrode_levels(reference, electrodes)
+        population = electrode_population(
+            levels,
+            weights,
+            reference.fermi_level,
+            reference.metadata["electronic_temperature_hartree"],
+        )
+        fermi_ref = electrode_fermi_level(levels, weights, population, kt_hartree)
+        fermi_count = _count_fermi_level(levels, reference.metadata["n_electrons"], kt_hartree)
         ref_t = device_transport(reference, config, fermi_ref * HARTREE_EV, device=device)
         for_transport[name] = prediction_for_transport(predicted, reference)
-        fermi_pred = electrode_fermi_level(for_transport[name], electrodes, population, kt_hartree)
-        fermi_count = fermi_level_by_count(reference, reference.metadata["n_electrons"], kt_hartree)
+        fermi_pred = electrode_fermi_level(
+            *electrode_levels(for_transport[name], electrodes), population, kt_hartree
+        )
         pred_t = device_transport(
             for_transport[name], config, fermi_pred * HARTREE_EV, channels=False
         )

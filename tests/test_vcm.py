@@ -122,7 +122,12 @@ def test_electrode_fermi_level_ignores_charge_of_the_device_region():
     pushes E_F above the band centre (kT ln 3); the electrode's half-filling population (20 of its
     40 sites' electrons on sites 0-19, Mulliken, exact for the ring's degenerate pairs)
     keeps E_F at the centre, 0 by particle-hole symmetry."""
-    from hamjax.vcm import electrode_fermi_level, electrode_population, fermi_level_by_count
+    from hamjax.vcm import (
+        electrode_fermi_level,
+        electrode_levels,
+        electrode_population,
+        fermi_level_by_count,
+    )
 
     n = 40
     h = np.zeros((n + 1, n + 1))
@@ -144,14 +149,15 @@ def test_electrode_fermi_level_ignores_charge_of_the_device_region():
     )
     kt = 1e-3
     electrodes = np.arange(20)
-    assert electrode_population(record, electrodes) == pytest.approx(20.0, abs=1e-9)
-    mu = electrode_fermi_level(record, electrodes, 20.0, kt)
+    levels, weights = electrode_levels(record, electrodes)
+    assert electrode_population(levels, weights, 0.0, kt) == pytest.approx(20.0, abs=1e-9)
+    mu = electrode_fermi_level(levels, weights, 20.0, kt)
     assert mu == pytest.approx(0.0, abs=1e-9)
     # the whole-cell count puts the donor's electron into the ring's two levels at E = 0
     # (3 of their 4 states filled: f = 3/4, mu = kT ln 3)
     assert fermi_level_by_count(record, 41.0, kt) == pytest.approx(kt * np.log(3), rel=1e-6)
     everything = np.arange(n + 1)  # all atoms electrode: the plain count
-    assert electrode_fermi_level(record, everything, 43.0, kt) == pytest.approx(
+    assert electrode_fermi_level(*electrode_levels(record, everything), 43.0, kt) == pytest.approx(
         fermi_level_by_count(record, 43.0, kt), abs=1e-9
     )
 
