@@ -389,7 +389,7 @@ def electrode_fermi_level(
     temperature; for the prediction, the same population in the predicted levels. For a
     bulk crystal whose atoms are all electrode this is :func:`fermi_level_by_count`.
     """
-    from hamjax.transport.current import filling_level
+    from hamjax.occupations import filling_level
 
     if not 0.0 < population < 2.0 * weights.sum():
         raise ValueError(

@@ -6,6 +6,7 @@ import numpy as np
 
 from hamjax.basis import Basis
 from hamjax.blocks import BlockHamiltonian
+from hamjax.occupations import filling_level
 
 __all__ = [
     "SCFConvergenceError",
@@ -88,20 +89,8 @@ def fermi_level_from_orbitals(
         out.update(fermi_level=homo if homo is not None else float(e[0]), method="mid-gap")
         return out
 
-    def count(mu):
-        x = np.clip((e - mu) / kt, -700.0, 700.0)
-        return float(np.sum(max_occupation / (1.0 + np.exp(x))))
-
-    lo, hi = float(e[0]) - 50 * kt, float(e[-1]) + 50 * kt
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if count(mid) < n_el:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-14:
-            break
-    out.update(fermi_level=0.5 * (lo + hi), method="fermi-dirac")
+    mu = filling_level(e, 0.5 * max_occupation, n_el, kt)
+    out.update(fermi_level=mu, method="fermi-dirac")
     return out
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from hamjax.constants import BOLTZMANN_EV_K
-from hamjax.transport.current import filling_level
+from hamjax.occupations import filling_level
 
 __all__ = ["lead_bands", "lead_fermi_level"]
 

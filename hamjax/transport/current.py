@@ -34,7 +34,6 @@ from hamjax.constants import BOLTZMANN_EV_K, CONDUCTANCE_QUANTUM_S
 __all__ = [
     "chemical_potentials",
     "fermi_dirac",
-    "filling_level",
     "spectral_current",
     "current",
     "layer_potentials",
@@ -55,31 +54,6 @@ def fermi_dirac(energy, chemical_potential, temperature: float) -> jax.Array:
         return jnp.where(x < 0, 1.0, jnp.where(x > 0, 0.0, 0.5))
     kt = BOLTZMANN_EV_K * temperature
     return 0.5 * (1.0 - jnp.tanh(x / (2.0 * kt)))  # overflow-free form
-
-
-def filling_level(levels, weights, electrons: float, kt: float) -> float:
-    """Chemical potential mu with ``sum_n 2 w_n / (1 + exp((e_n - mu) / kt)) = electrons``.
-
-    Bisection to 1e-14 in the units of ``levels`` (NumPy; ``kt > 0`` in the same units). The
-    weights count each level's share: 1 for plain levels, ``1 / n_k`` for bands on ``n_k``
-    k-points, a Mulliken weight for a region's share of a level.
-    """
-    levels = np.asarray(levels, dtype=float)
-    weights = np.broadcast_to(np.asarray(weights, dtype=float), levels.shape)
-
-    def count(mu):
-        return float(np.sum(2.0 * weights / (1.0 + np.exp(np.clip((levels - mu) / kt, -700, 700)))))
-
-    lo, hi = float(levels.min()) - 50 * kt, float(levels.max()) + 50 * kt
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if count(mid) < electrons:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-14:
-            break
-    return 0.5 * (lo + hi)
 
 
 def _check(energies, transmission, temperature):
