@@ -99,6 +99,7 @@ __all__ = [
     "make_eval_step",
     "make_optimizer",
     "make_train_step",
+    "mean_onsite_blocks",
     "metrics_from_sums",
     "save_config",
     "stack_for_devices",
@@ -154,6 +155,9 @@ class TrainConfig:
         plateau_patience: patience of the plateau schedule, in epochs.
         weight_decay: AdamW decoupled weight decay.
         gradient_clip_norm: clip the global gradient norm to this value (0 disables).
+        onsite_bias_from_data: start the on-site bias of every element at the
+            rotation-invariant part of its mean on-site block in the training data
+            (:func:`hamjax.models.onsite_bias_for_blocks`) instead of zero.
         loss: "mse" or "mae" over the counted block entries (Hartree^2 or Hartree).
         align_energy_reference: shift each graph's on-site diagonal by the closed-form
             constant (see the module docstring).
@@ -181,6 +185,7 @@ class TrainConfig:
     plateau_patience: int = 10
     weight_decay: float = 0.0
     gradient_clip_norm: float = 1.0
+    onsite_bias_from_data: bool = True
     loss: str = "mse"
     align_energy_reference: bool = False
     data_parallel: bool = True
@@ -913,6 +918,39 @@ def evaluate_records(
     return evaluate_batches(eval_step, jax.device_put(params), batches, _Placement(False))
 
 
+def mean_onsite_blocks(batches: Sequence[Mapping], basis) -> np.ndarray:
+    """Mean labelled on-site target block of every element, ``[n_species, M, M]`` (Hartree).
+
+    Elements in the order of :func:`hamjax.models.block_layout`; NaN for an element with no
+    labelled atom in ``batches``.
+    """
+    from hamjax.models import block_layout
+
+    layout = block_layout(basis)
+    m = layout.n_orbitals_max
+    total = np.zeros((layout.n_species, m, m))
+    count = np.zeros(layout.n_species)
+    for batch in batches:
+        labelled = np.asarray(batch["node_labels"], bool)
+        species = layout.species_index[np.asarray(batch["graph"].nodes["species"])][labelled]
+        targets = np.asarray(batch["node_targets"], np.float64)[labelled]
+        np.add.at(total, species, targets)
+        np.add.at(count, species, 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / count[:, None, None]
+
+
+def _with_onsite_bias(state: TrainState, model_config, batches: Sequence[Mapping]) -> TrainState:
+    """``state`` with the on-site bias set from the data (see ``onsite_bias_from_data``)."""
+    from hamjax.models import onsite_bias_for_blocks
+
+    bias = onsite_bias_for_blocks(model_config, mean_onsite_blocks(batches, model_config.basis))
+    params = jax.tree.map(lambda x: x, state.params)  # a new dict tree, same leaves
+    table = params["params"]["onsite_bias"]["embedding"]
+    params["params"]["onsite_bias"]["embedding"] = jnp.asarray(bias, table.dtype)
+    return dataclasses.replace(state, params=params)
+
+
 def train(
     config: TrainConfig,
     out_dir: str | os.PathLike,
@@ -973,6 +1011,8 @@ def train(
         )
 
     state = init(init_key, key, train_batches[0]["graph"])
+    if config.onsite_bias_from_data and meta is None:
+        state = _with_onsite_bias(state, config.model, train_batches)
     history: list[dict] = []
     start_epoch, best_step, best_metric = 0, None, math.inf
     if meta is not None:

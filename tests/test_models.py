@@ -348,3 +348,43 @@ def test_config_round_trips_through_json():
         ModelConfig(basis=BASIS, max_ell=1)  # Hf has d shells
     with pytest.raises(ValueError, match="unknown model config keys"):
         ModelConfig.from_dict({**data, "chanels": 3})
+
+
+def _rotation_average(block: np.ndarray, shells: tuple[int, ...]) -> np.ndarray:
+    """Exact average of ``D B D^T`` over all rotations: per shell pair ``(a, b)``,
+    ``tr(B_ab) / (2l + 1)`` times the identity when ``l_a == l_b``, else zero."""
+    starts = np.concatenate([[0], np.cumsum([2 * l + 1 for l in shells])])
+    out = np.zeros_like(block)
+    for a, la in enumerate(shells):
+        for b, lb in enumerate(shells):
+            if la == lb:
+                sa, sb, n = starts[a], starts[b], 2 * la + 1
+                mean = np.trace(block[sa : sa + n, sb : sb + n]) / n
+                out[sa : sa + n, sb : sb + n] = mean * np.eye(n)
+    return out
+
+
+def test_onsite_bias_reproduces_the_rotation_average_of_mean_blocks(model):
+    """With the node head silenced, the fitted bias alone makes every on-site block the
+    rotation average of the requested mean block (the orientation-free part of it)."""
+    from hamjax.models import onsite_bias_for_blocks
+
+    apply, params = model
+    layout = block_layout(BASIS)
+    m = layout.n_orbitals_max
+    rng = np.random.default_rng(3)
+    means = rng.normal(size=(layout.n_species, m, m))
+    means = means + np.swapaxes(means, 1, 2)
+    bias = onsite_bias_for_blocks(CONFIG, means)
+    silenced = jax.tree.map(lambda x: x, params)
+    silenced["params"]["node_head"] = jax.tree.map(jnp.zeros_like, params["params"]["node_head"])
+    silenced["params"]["onsite_bias"]["embedding"] = jnp.asarray(bias)
+    atoms = _atoms()
+    _, padded = _graph(atoms)
+    node_blocks, _ = apply(silenced, padded)
+    for atom, z in enumerate(atoms.numbers):
+        s = int(layout.species_index[z])
+        shells = dict(BASIS.shells)[int(z)]
+        n = sum(2 * l + 1 for l in shells)
+        expected = _rotation_average(means[s, :n, :n], shells)
+        np.testing.assert_allclose(np.asarray(node_blocks[atom, :n, :n]), expected, atol=1e-12)

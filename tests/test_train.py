@@ -533,3 +533,25 @@ def test_slice_batches_label_every_block_once_in_exact_mode():
     assert labelled["exact"] == entries
     assert labelled["paper"]["node"] == entries["node"]
     assert 0 < labelled["paper"]["edge"] < entries["edge"]
+
+
+def test_mean_onsite_blocks_are_the_mean_over_atoms_of_each_element(tiny_records):
+    """Against the blocks read straight from the records (two padded batches, padding and
+    unlabelled atoms ignored)."""
+    from hamjax.models import block_layout
+
+    batches = [_batch(tiny_records[:2], dtype=np.float64), _batch(tiny_records[2:])]
+    means = train.mean_onsite_blocks(batches, BASIS)
+    layout = block_layout(BASIS)
+    for s, z in enumerate(layout.elements):
+        blocks = [
+            r.block(k)
+            for r in tiny_records
+            for k, (i, j) in enumerate(r.pairs)
+            if i == j and not r.shifts[k].any() and r.numbers[i] == z
+        ]
+        n = BASIS.n_orbitals(z)
+        if not blocks:
+            assert np.isnan(means[s]).all()
+            continue
+        np.testing.assert_allclose(means[s, :n, :n], np.mean(blocks, axis=0), atol=1e-12)

@@ -6,7 +6,12 @@ padded to ``M x M`` orbitals per atom; see :mod:`hamjax.models.model` for the ar
 
 from hamjax.models.config import ModelConfig
 from hamjax.models.layout import BlockLayout, block_layout, pair_irreps
-from hamjax.models.model import HamiltonianModel, edge_geometry, hidden_irreps
+from hamjax.models.model import (
+    HamiltonianModel,
+    edge_geometry,
+    hidden_irreps,
+    onsite_bias_for_blocks,
+)
 
 __all__ = [
     "BlockLayout",
@@ -15,5 +20,6 @@ __all__ = [
     "block_layout",
     "edge_geometry",
     "hidden_irreps",
+    "onsite_bias_for_blocks",
     "pair_irreps",
 ]
