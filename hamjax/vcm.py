@@ -24,12 +24,15 @@ percentiles), ``transmission.png`` (T(E) of reference and prediction, bias windo
 ``device_<name>.png``, ``sensitivity.png``, ``timings.json``, ``data/`` (dataset files) and
 ``model/`` (checkpoints).
 
-Fermi levels: the reference current uses the reference's own Fermi level; the predicted
-current uses the Fermi level of the predicted Hamiltonian, found by filling its Gamma-point
-levels (with the reference S) with the same number of electrons at the same electronic
-temperature. A common level for all devices would be wrong: the periodic references of
-devices that differ only in their vacancies have Fermi levels up to ~1 eV apart, since the
-average electrostatic potential of a periodic cell is arbitrary.
+Fermi levels: both currents use the Fermi level of the electrodes at their temperature:
+the level at which the lead-cell atoms hold the Mulliken population they have in the
+reference's SCF (:func:`electrode_fermi_level`; the prediction's from its own levels with
+that population), not the chemical potential of the SCF's Fermi smearing (about 1 eV low in
+TiN's p-d pseudogap) nor the total electron count of a Gamma cell (which moves with every
+vacancy's donated charge).
+
+Stages (:data:`STAGES`): "references", "train" and "evaluate" run one after another or
+separately (``experiments/vcm.py``), e.g. references on a CPU machine, training on a GPU.
 """
 
 from __future__ import annotations
@@ -46,7 +49,18 @@ import numpy as np
 
 from hamjax.constants import BOLTZMANN_EV_K, HARTREE_EV
 
-__all__ = ["TEST_DEVICES", "VCMConfig", "demo_config", "load_config", "run_experiment"]
+__all__ = [
+    "STAGES",
+    "TEST_DEVICES",
+    "VCMConfig",
+    "align_to_electrodes",
+    "demo_config",
+    "evaluate_stage",
+    "load_config",
+    "reference_stage",
+    "run_experiment",
+    "train_stage",
+]
 
 #: The four unseen test devices: name -> DeviceSpec fields on top of ``VCMConfig.device``.
 TEST_DEVICES: dict[str, dict] = {
@@ -104,6 +118,9 @@ class VCMConfig:
         energy_window_ev: T(E) is computed on E_F +/- this, eV (must exceed bias/2).
         n_energies: energy points.
         sensitivity_device: test device for the sensitivity maps ("" skips them).
+        align_to_electrode_fermi_level: train, compare and transport every Hamiltonian
+            with its energy zero at its electrodes' Fermi level (:func:`align_to_electrodes`;
+            the raw references stay on disk as computed).
         finite_difference_atoms: atoms displaced for the finite-difference check of dI/dR.
         finite_difference_step_angstrom: displacement of that check. Sharp resonances make
             I(R) curve on small scales: for a briefly trained model the central difference
@@ -126,6 +143,7 @@ class VCMConfig:
     energy_window_ev: float = 1.0
     n_energies: int = 161
     sensitivity_device: str = "Filament 1"
+    align_to_electrode_fermi_level: bool = True
     finite_difference_atoms: int = 3
     finite_difference_step_angstrom: float = 1e-5
 
@@ -433,6 +451,46 @@ def _count_fermi_level(levels, n_electrons: float, temperature_hartree: float) -
     return fermi_level_from_orbitals(levels, occupations, temperature_hartree)["fermi_level"]
 
 
+def align_to_electrodes(record, config: VCMConfig):
+    """The record with its energy zero at its electrodes' Fermi level: ``H - E_F S``.
+
+    A periodic cell's Hamiltonian has an arbitrary constant potential: the Ewald convention
+    sets the cell's average potential to zero, so two devices with the same TiN electrodes
+    but different vacancy patterns in the oxide have their electrode levels eV apart (demo
+    devices, GFN1-xTB: electrode Fermi levels -6.6 eV for the random-vacancy devices,
+    -5.5 eV with a filament). In GFN1-xTB (as in any Kohn-Sham H in a non-orthogonal basis)
+    a constant potential ``c`` enters as ``H + c S``, off-diagonal blocks included. A local
+    model cannot see that constant, so unaligned targets disagree with each other by up to
+    ``1 eV x S``; aligned on the electrodes' Fermi level (:func:`electrode_fermi_level`, the
+    physical common level of devices between the same metal contacts), they do not. The
+    generalised eigenvalues shift by ``-E_F`` and nothing else changes.
+
+    Returns:
+        ``(aligned, fermi_level)``: the shifted record (its ``fermi_level``, the SCF's
+        chemical potential, shifted alike; ``metadata["electrode_fermi_level_hartree"]``
+        holds the shift) and the electrode Fermi level of the input in Hartree.
+    """
+    device = transport_device(record, config)
+    last = device.atom_layer.max()
+    electrodes = np.flatnonzero((device.atom_layer == 0) | (device.atom_layer == last))
+    levels, weights = electrode_levels(record, electrodes)
+    population = electrode_population(
+        levels, weights, record.fermi_level, record.metadata["electronic_temperature_hartree"]
+    )
+    kt_hartree = BOLTZMANN_EV_K * config.temperature_k / HARTREE_EV
+    fermi = electrode_fermi_level(levels, weights, population, kt_hartree)
+    metadata = dict(record.metadata)
+    metadata["electrode_fermi_level_hartree"] = (
+        metadata.get("electrode_fermi_level_hartree", 0.0) + fermi
+    )
+    aligned = record.replace(
+        hamiltonian=record.hamiltonian - fermi * record.overlap,
+        fermi_level=record.fermi_level - fermi,
+        metadata=metadata,
+    )
+    return aligned, fermi
+
+
 def _channels(lead, energies) -> np.ndarray:
     """Open channels of a lead: from its bands, or (S(k) indefinite) its transmission."""
     from hamjax.transport import open_channels
@@ -723,20 +781,27 @@ def _write_json(path: Path, data) -> None:
     write_text(path, json.dumps(data, indent=2, default=float) + "\n")
 
 
-def run_experiment(
-    config: VCMConfig, out: str | os.PathLike, *, progress: bool = True, echo=print
-) -> dict:
-    """Run the whole experiment into folder ``out`` (resumable: references and training)."""
-    from hamjax.inference import Predictor
-    from hamjax.models import ModelConfig
-    from hamjax.structures import plot_device
-    from hamjax.train import TrainConfig, train, vcm_basis
+STAGES = ("references", "train", "evaluate")
 
-    out = Path(out)
+
+def _roles(devices: Mapping) -> dict[str, list[str]]:
+    return {
+        role: [n for n, d in devices.items() if d["role"] == role]
+        for role in ("train", "validation", "test")
+    }
+
+
+def reference_stage(config: VCMConfig, out: Path, *, progress: bool = True, echo=print) -> dict:
+    """Build the devices, draw the test devices, and compute (or reuse) their references.
+
+    Returns:
+        ``{"devices": name -> device, "records": name -> BlockHamiltonian, "timings": ...}``.
+    """
+    from hamjax.structures import plot_device
+
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "config.json", config.to_dict())
-    timings: dict[str, float] = {}
-
+    timings: dict = {}
     t0 = time.perf_counter()
     devices = build_devices(config)
     timings["build_devices_s"] = time.perf_counter() - t0
@@ -745,39 +810,88 @@ def run_experiment(
             plot_device(device["atoms"], out / f"device_{_file_name(name)}.png", title=name)
     sizes = ", ".join(f"{n}: {len(d['atoms'])} atoms" for n, d in devices.items())
     echo(f"built {len(devices)} devices ({sizes})")
-
     t0 = time.perf_counter()
     refs = compute_references(devices, out / "data", config.tblite, progress)
-    records = refs["records"]
-    timings["references_s"] = time.perf_counter() - t0
     timings["reference_per_device_s"] = refs["timings"]
+    records = refs["records"]
+    if config.align_to_electrode_fermi_level:
+        records = {name: align_to_electrodes(r, config)[0] for name, r in records.items()}
+    timings["references_s"] = time.perf_counter() - t0
+    return {"devices": devices, "records": records, "timings": timings}
 
-    model_config = ModelConfig(basis=vcm_basis(), **dict(config.model))
-    names = {
-        role: [n for n, d in devices.items() if d["role"] == role]
-        for role in ("train", "validation", "test")
-    }
-    train_fields = {"progress": progress, **dict(config.train)}
+
+def train_stage(
+    config: VCMConfig, out: Path, records: Mapping, devices: Mapping, *, progress=True, echo=print
+) -> dict:
+    """Train (or resume) the model on the training devices into ``out/model``."""
+    from hamjax.models import ModelConfig
+    from hamjax.train import TrainConfig, train, vcm_basis
+
+    names = _roles(devices)
     train_config = TrainConfig(
-        model=model_config,
+        model=ModelConfig(basis=vcm_basis(), **dict(config.model)),
         data=tuple(str(out / "data" / f"{_file_name(n)}.npz") for n in names["train"]),
         validation_data=tuple(
             str(out / "data" / f"{_file_name(n)}.npz") for n in names["validation"]
         ),
-        **train_fields,
+        **{"progress": progress, **dict(config.train)},
     )
-    t0 = time.perf_counter()
-    last = train(
+    return train(
         train_config,
         out / "model",
         records=([records[n] for n in names["train"]], [records[n] for n in names["validation"]]),
         echo=echo if progress else None,
     )
-    timings["training_s"] = time.perf_counter() - t0
+
+
+def run_experiment(
+    config: VCMConfig,
+    out: str | os.PathLike,
+    *,
+    progress: bool = True,
+    echo=print,
+    stages: tuple[str, ...] = STAGES,
+) -> dict | None:
+    """Run the experiment into folder ``out`` (resumable: references and training).
+
+    ``stages`` picks among "references", "train" and "evaluate" (predictions, errors,
+    transport, figures, sensitivity); a later stage reuses what the earlier ones left in
+    ``out`` (the evaluation needs a trained model there). Returns the summary of the
+    evaluation (None without that stage).
+    """
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise ValueError(f"unknown stages {unknown}; choose among {list(STAGES)}")
+    out = Path(out)
+    prepared = reference_stage(config, out, progress=progress, echo=echo)
+    devices, records, timings = prepared["devices"], prepared["records"], prepared["timings"]
+    if "train" in stages:
+        t0 = time.perf_counter()
+        train_stage(config, out, records, devices, progress=progress, echo=echo)
+        timings["training_s"] = time.perf_counter() - t0
+    if "evaluate" not in stages:
+        return None
+    return evaluate_stage(config, out, records, devices, timings, echo=echo)
+
+
+def evaluate_stage(
+    config: VCMConfig, out: Path, records: Mapping, devices: Mapping, timings: dict, *, echo=print
+) -> dict:
+    """Predict the test devices with ``out/model``; errors, transport, figures, sensitivity."""
+    from hamjax.inference import Predictor
+
+    model_dir = out / "model"
+    if not (model_dir / "checkpoints").exists():
+        raise FileNotFoundError(f"{model_dir}: no trained model (run the train stage first)")
+    log = model_dir / "log.jsonl"
+    lines = log.read_text().splitlines() if log.exists() else []
+    history = [json.loads(line) for line in lines]
+    last = history[-1] if history else {}
+    timings.setdefault("training_s", sum(r.get("epoch_time_s", 0.0) for r in history))
+    tests = _roles(devices)["test"]
 
     t0 = time.perf_counter()
-    predictor = Predictor.load(out / "model")
-    tests = names["test"]
+    predictor = Predictor.load(model_dir)
     predictions = predictor.predict([records[n] for n in tests], with_overlap=False)
     timings["prediction_s"] = time.perf_counter() - t0
 
@@ -821,6 +935,8 @@ def run_experiment(
                 "fermi_level_pred_eV": pred_t["fermi_level"],
                 "fermi_level_by_count_ref_eV": fermi_count * HARTREE_EV,
                 "scf_chemical_potential_ref_eV": reference.fermi_level * HARTREE_EV,
+                "energy_zero_eV": HARTREE_EV
+                * reference.metadata.get("electrode_fermi_level_hartree", 0.0),
                 "reference_dropped_beyond_transport_cutoff_max_eV": (
                     ref_t["device"].dropped_max_ev
                 ),

@@ -198,3 +198,51 @@ def test_experiment_end_to_end_is_consistent(tmp_path):
     assert check["finite_difference_A_per_angstrom"] == pytest.approx(
         check["analytic_A_per_angstrom"], rel=0.02
     )
+
+
+def test_alignment_removes_a_constant_potential_exactly():
+    """A constant potential c enters a non-orthogonal H as H + c S. Aligned on their
+    electrodes' Fermi level, a chain and the same chain at +c must give the same H, the
+    shift must be c apart, and the levels must move by exactly -E_F."""
+    import scipy.linalg
+
+    from hamjax.vcm import align_to_electrodes
+
+    n, spacing = 24, 1.06  # four atoms per 4.24 A lead cell, six lead cells
+    rng = np.random.default_rng(5)
+    onsite = np.zeros(n)
+    onsite[8:16] = rng.normal(0.0, 0.05, 8)  # the "device" region (Hartree)
+    h = np.diag(onsite)
+    s = np.eye(n)
+    for i in range(n):
+        j = (i + 1) % n
+        h[i, j] = h[j, i] = -0.1
+        s[i, j] = s[j, i] = 0.1
+    positions = np.column_stack([spacing * (np.arange(n) + 0.5), np.zeros(n), np.zeros(n)])
+
+    def record(c):
+        return BlockHamiltonian.from_dense(
+            np.ones(n, int),
+            positions,
+            np.diag([spacing * n, 10.0, 10.0]),
+            [True, False, False],
+            Basis.from_dict("one-s", {"H": (0,)}),
+            h + c * s,
+            s,
+            fermi_level=0.03 + c,
+            metadata={"electronic_temperature_hartree": 0.01},
+        )
+
+    config = VCMConfig(transport_cutoff_angstrom=2.0, lead_cells=1)
+    c = 0.37
+    first, fermi_first = align_to_electrodes(record(0.0), config)
+    second, fermi_second = align_to_electrodes(record(c), config)
+    assert fermi_second - fermi_first == pytest.approx(c, abs=1e-10)
+    np.testing.assert_allclose(second.hamiltonian, first.hamiltonian, atol=1e-12)
+    assert second.fermi_level == pytest.approx(first.fermi_level, abs=1e-12)
+    raw = scipy.linalg.eigh(h, s, eigvals_only=True)
+    aligned = scipy.linalg.eigh(first.to_dense(), first.to_dense("overlap"), eigvals_only=True)
+    np.testing.assert_allclose(aligned, raw - fermi_first, atol=1e-12)
+    again, fermi_again = align_to_electrodes(first, config)  # already aligned: E_F = 0
+    assert fermi_again == pytest.approx(0.0, abs=1e-10)
+    assert again.metadata["electrode_fermi_level_hartree"] == pytest.approx(fermi_first)
