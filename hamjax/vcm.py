@@ -533,6 +533,11 @@ def device_transport(
     """T(E) on ``E_F +/- window``, the current at the bias, and (``channels``) the leads'
     open channels.
 
+    ``current_half_grid`` is the current from every second energy: resonances narrower
+    than the grid spacing make the Landauer integral depend on the grid (demo Filament 1,
+    reference: 2.4e-7, 3.0e-7, 4.3e-7, 9.7e-7, 7.8e-7 A at 64, 32, 16, 8, 4 meV spacing), and
+    the two currents' ratio shows how far from converged it is.
+
     ``lead_channels`` is the smaller of the two electrodes' open-channel counts
     (:func:`hamjax.transport.open_channels`) at about ten energies of the window and at E_F
     (``lead_channel_energies``): where it is 0 the electrode itself does not conduct (a gap
@@ -548,15 +553,19 @@ def device_transport(
     )
     result = transmission(device.hamiltonian, device.overlap, device.layers, energies)
     t = np.asarray(result.transmission)
-    i = float(
-        current(
-            energies,
-            t,
-            config.bias_volt,
-            fermi_level=fermi_level_ev,
-            temperature=config.temperature_k,
+
+    def landauer(every: int) -> float:
+        return float(
+            current(
+                energies[::every],
+                t[::every],
+                config.bias_volt,
+                fermi_level=fermi_level_ev,
+                temperature=config.temperature_k,
+            )
         )
-    )
+
+    i = landauer(1)
     if channels:
         # every few energies and at E_F: integers that change only at band edges
         grid = np.union1d(energies[:: max(1, len(energies) // 10)], [fermi_level_ev])
@@ -569,6 +578,7 @@ def device_transport(
         "energies": energies,
         "transmission": t,
         "current": i,
+        "current_half_grid": landauer(2),
         "fermi_level": fermi_level_ev,
         "lead_channel_energies": grid,
         "lead_channels": open_,
@@ -788,6 +798,13 @@ def _markdown_table(rows: list[dict]) -> str:
             f"| {r['current_pred_A'] / r['current_ref_A']:.3g} "
             f"| {r['lead_channels_at_fermi_ref']:g} |"
         )
+    checks = ", ".join(
+        f"{r['device']} {r['current_ref_half_grid_A'] / r['current_ref_A']:.2f} / "
+        f"{r['current_pred_half_grid_A'] / r['current_pred_A']:.2f}"
+        for r in rows
+    )
+    lines.append("")
+    lines.append(f"Grid check, I on every second energy / I (reference / predicted): {checks}.")
     return "\n".join(lines) + "\n"
 
 
@@ -947,6 +964,8 @@ def evaluate_stage(
                 **mae_row(errors[name]),
                 "current_ref_A": ref_t["current"],
                 "current_pred_A": pred_t["current"],
+                "current_ref_half_grid_A": ref_t["current_half_grid"],
+                "current_pred_half_grid_A": pred_t["current_half_grid"],
                 "fermi_level_ref_eV": ref_t["fermi_level"],
                 "fermi_level_pred_eV": pred_t["fermi_level"],
                 "fermi_level_by_count_ref_eV": fermi_count * HARTREE_EV,
@@ -960,6 +979,14 @@ def evaluate_stage(
                 "max_dyson_residual": max(ref_t["max_residual"], pred_t["max_residual"]),
             }
         )
+        for which, result in (("reference", ref_t), ("prediction", pred_t)):
+            ratio = result["current_half_grid"] / result["current"]
+            if not 0.8 < ratio < 1.25:
+                echo(
+                    f"{name}: the {which}'s current on every second energy is {ratio:.2f} "
+                    f"times the current on all {config.n_energies}: T(E) has resonances "
+                    "narrower than the grid, so the current is not converged in n_energies"
+                )
         if ref_t["lead_channels_at_fermi"] < 0.5:
             echo(
                 f"{name}: the reference's electrodes have no open channel at E_F (a gap of "
@@ -999,6 +1026,8 @@ def evaluate_stage(
                     "total_mae_meV",
                     "current_ref_A",
                     "current_pred_A",
+                    "current_ref_half_grid_A",
+                    "current_pred_half_grid_A",
                     "lead_channels_at_fermi_ref",
                 )
             }
