@@ -180,6 +180,7 @@ def test_experiment_end_to_end_is_consistent(tmp_path):
         test_devices={"Filament 1": vcm.TEST_DEVICES["Filament 1"]},
         train={**vcm.demo_config().train, "epochs": 3},
         n_energies=13,
+        refine_energies=12,  # the refined, non-uniform grid through transport and gradients
     )
     summary = vcm.run_experiment(config, tmp_path, progress=False, echo=lambda _: None)
     for name in ("table.md", "table.json", "summary.json", "errors.png", "transmission.png"):
