@@ -474,6 +474,26 @@ def _count_fermi_level(levels, n_electrons: float, temperature_hartree: float) -
     return fermi_level_from_orbitals(levels, occupations, temperature_hartree)["fermi_level"]
 
 
+def _electrodes(record, device, config: VCMConfig) -> dict:
+    """The electrode side of a reference: the lead-cell atoms of its open ``device``, its
+    Gamma levels with their Mulliken weight on them, their population in the reference's
+    SCF, and the Fermi level (Hartree) that holds it at ``config.temperature_k``."""
+    last = device.atom_layer.max()
+    atoms = np.flatnonzero((device.atom_layer == 0) | (device.atom_layer == last))
+    levels, weights = electrode_levels(record, atoms)
+    population = electrode_population(
+        levels, weights, record.fermi_level, record.metadata["electronic_temperature_hartree"]
+    )
+    kt_hartree = BOLTZMANN_EV_K * config.temperature_k / HARTREE_EV
+    return {
+        "atoms": atoms,
+        "levels": levels,
+        "population": population,
+        "kt_hartree": kt_hartree,
+        "fermi_level": electrode_fermi_level(levels, weights, population, kt_hartree),
+    }
+
+
 def align_to_electrodes(record, config: VCMConfig):
     """The record with its energy zero at its electrodes' Fermi level: ``H - E_F S``.
 
@@ -493,15 +513,7 @@ def align_to_electrodes(record, config: VCMConfig):
         chemical potential, shifted alike; ``metadata["electrode_fermi_level_hartree"]``
         holds the shift) and the electrode Fermi level of the input in Hartree.
     """
-    device = transport_device(record, config)
-    last = device.atom_layer.max()
-    electrodes = np.flatnonzero((device.atom_layer == 0) | (device.atom_layer == last))
-    levels, weights = electrode_levels(record, electrodes)
-    population = electrode_population(
-        levels, weights, record.fermi_level, record.metadata["electronic_temperature_hartree"]
-    )
-    kt_hartree = BOLTZMANN_EV_K * config.temperature_k / HARTREE_EV
-    fermi = electrode_fermi_level(levels, weights, population, kt_hartree)
+    fermi = _electrodes(record, transport_device(record, config), config)["fermi_level"]
     metadata = dict(record.metadata)
     metadata["electrode_fermi_level_hartree"] = (
         metadata.get("electrode_fermi_level_hartree", 0.0) + fermi
@@ -953,23 +965,16 @@ def evaluate_stage(
         errors[name] = entry_errors(*fold_prediction(predicted, reference))
         # both Fermi levels from the electrodes' population at the electrodes' temperature
         # (see electrode_fermi_level)
-        kt_hartree = BOLTZMANN_EV_K * config.temperature_k / HARTREE_EV
         device = transport_device(reference, config)
-        last_layer = device.atom_layer.max()
-        electrodes = np.flatnonzero((device.atom_layer == 0) | (device.atom_layer == last_layer))
-        levels, weights = electrode_levels(reference, electrodes)
-        population = electrode_population(
-            levels,
-            weights,
-            reference.fermi_level,
-            reference.metadata["electronic_temperature_hartree"],
+        side = _electrodes(reference, device, config)
+        kt_hartree = side["kt_hartree"]
+        fermi_count = _count_fermi_level(
+            side["levels"], reference.metadata["n_electrons"], kt_hartree
         )
-        fermi_ref = electrode_fermi_level(levels, weights, population, kt_hartree)
-        fermi_count = _count_fermi_level(levels, reference.metadata["n_electrons"], kt_hartree)
-        ref_t = device_transport(reference, config, fermi_ref * HARTREE_EV, device=device)
+        ref_t = device_transport(reference, config, side["fermi_level"] * HARTREE_EV, device=device)
         for_transport[name] = prediction_for_transport(predicted, reference)
         fermi_pred = electrode_fermi_level(
-            *electrode_levels(for_transport[name], electrodes), population, kt_hartree
+            *electrode_levels(for_transport[name], side["atoms"]), side["population"], kt_hartree
         )
         pred_t = device_transport(
             for_transport[name], config, fermi_pred * HARTREE_EV, channels=False

@@ -20,22 +20,17 @@ from collections.abc import Callable
 
 import numpy as np
 
-from hamjax.constants import BOLTZMANN_EV_K
+from hamjax.transport.current import chemical_potentials, fermi_dirac
 
 __all__ = ["refine_grid"]
 
 
 def _window(energies: np.ndarray, bias: float, fermi_level: float, temperature: float):
     """``f_L - f_R`` at ``energies`` (eV), ``mu_L,R = E_F +/- V/2``."""
-    mu_l, mu_r = fermi_level + bias / 2, fermi_level - bias / 2
-    if temperature == 0:
-        return ((energies < mu_l) & (energies > mu_r)).astype(float) * np.sign(bias)
-    kt = BOLTZMANN_EV_K * temperature
-
-    def fermi(mu):
-        return 0.5 * (1.0 - np.tanh((energies - mu) / (2.0 * kt)))
-
-    return fermi(mu_l) - fermi(mu_r)
+    mu_l, mu_r = chemical_potentials(bias, fermi_level)
+    return np.asarray(
+        fermi_dirac(energies, mu_l, temperature) - fermi_dirac(energies, mu_r, temperature)
+    )
 
 
 def refine_grid(
