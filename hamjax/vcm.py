@@ -293,8 +293,10 @@ def compute_references(devices: dict, folder: Path, settings: Mapping, progress:
     from tqdm.auto import tqdm
 
     from hamjax.io import dataset
+    from hamjax.reference.tblite import TBLiteSettings
     from hamjax.reference.worker import compute_in_subprocess
 
+    kt = TBLiteSettings(**settings).resolved(periodic=True).electronic_temperature_hartree
     folder.mkdir(parents=True, exist_ok=True)
     records, timings = {}, {}
     bar = tqdm(devices.items(), desc="references (tblite)", disable=not progress, unit="device")
@@ -310,10 +312,12 @@ def compute_references(devices: dict, folder: Path, settings: Mapping, progress:
                 cached is not None
                 and np.array_equal(cached.numbers, atoms.numbers)
                 and np.allclose(cached.positions, atoms.positions, atol=1e-6)
+                and cached.metadata.get("electronic_temperature_hartree") == kt
             ):
                 records[name] = cached
                 continue
-            # A file from another device (changed config) under the same name: recompute.
+            # A file from another device (changed config) under the same name, or one whose
+            # SCF converged at another electronic temperature: recompute.
         bar.set_postfix_str(f"{name}: {len(device['atoms'])} atoms")
         summary = compute_in_subprocess(
             device["atoms"], path, engine="tblite", settings=dict(settings), name=name
@@ -325,7 +329,31 @@ def compute_references(devices: dict, folder: Path, settings: Mapping, progress:
             )
         timings[name] = summary.get("process_wall_time_s")
         records[name] = dataset.load(path)
+    _check_temperatures(records, kt)
     return {"records": records, "timings": timings}
+
+
+def _check_temperatures(records: Mapping, kt: float) -> None:
+    """Every reference at the requested electronic temperature ``kt`` (Hartree), or an error.
+
+    An SCF converged at another smearing is another electronic state: the demo's "Broken 2"
+    converged at 0.12 Ha instead of 0.06 had 0.2 e more on each electrode Ti and its
+    electrode Fermi level 3 eV above the other devices'; a model trained on the others was
+    1.2 eV off on all its on-site energies.
+    """
+    odd = {
+        name: r.metadata.get("electronic_temperature_hartree")
+        for name, r in records.items()
+        if r.metadata.get("electronic_temperature_hartree") != kt
+    }
+    if odd:
+        listed = ", ".join(f"{name}: {t} Ha" for name, t in odd.items())
+        raise ValueError(
+            f"references at another electronic temperature than the requested {kt} Ha "
+            f"({listed}): their SCF converged only in a retry at a raised temperature "
+            "(tblite retry_mode 'raise'), a different electronic state that a model trained "
+            "on the others cannot predict. Use retry_mode 'anneal' or more max_iterations."
+        )
 
 
 # ------------------------------------------------------------------------------ errors

@@ -175,6 +175,24 @@ def test_tblite_retry_is_recorded():
     assert meta["scf_cycles"] == cycles[0.8]
 
 
+def test_tblite_retry_keeps_the_requested_temperature():
+    # a retry that anneals back to the requested kT reaches the state a converged first run
+    # has; a dataset mixing electronic temperatures would mix electronic states
+    atoms = molecule("H2O")
+    direct = compute_reference(atoms, "tblite", retry=False)
+    cycles = direct.metadata["scf_cycles"]
+    record = compute_reference(atoms, "tblite", max_iterations=cycles - 1)
+    meta = record.metadata
+    assert meta["retried"] is True and meta["attempts"][0]["converged"] is False
+    kt = direct.metadata["electronic_temperature_hartree"]
+    assert meta["electronic_temperature_hartree"] == kt
+    assert meta["attempts"][1]["settings"]["annealing"][0] == pytest.approx(2 * kt)
+    # equal to the SCF convergence of either run (3e-6 Ha seen)
+    np.testing.assert_allclose(
+        record.to_dense("hamiltonian"), direct.to_dense("hamiltonian"), atol=2e-5
+    )
+
+
 def test_bad_settings_are_named():
     with pytest.raises(ValueError, match="mixer_dampin"):
         compute_reference(molecule("H2O"), "tblite", mixer_dampin=0.1)

@@ -247,3 +247,14 @@ def test_alignment_removes_a_constant_potential_exactly():
     again, fermi_again = align_to_electrodes(first, config)  # already aligned: E_F = 0
     assert fermi_again == pytest.approx(0.0, abs=1e-10)
     assert again.metadata["electrode_fermi_level_hartree"] == pytest.approx(fermi_first)
+
+
+def test_references_at_another_electronic_temperature_are_refused():
+    from hamjax.vcm import _check_temperatures
+
+    same = _reference()
+    same = same.replace(metadata={**same.metadata, "electronic_temperature_hartree": 0.06})
+    hot = same.replace(metadata={**same.metadata, "electronic_temperature_hartree": 0.12})
+    _check_temperatures({"train-1": same, "Broken 1": same}, 0.06)
+    with pytest.raises(ValueError, match=r"Broken 2: 0\.12 Ha"):
+        _check_temperatures({"train-1": same, "Broken 2": hot}, 0.06)

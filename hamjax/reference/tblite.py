@@ -15,9 +15,18 @@ Units: tblite takes Bohr and works in Hartree; the electronic temperature is kT 
 
 Metallic cells (TiN electrodes) need a smeared occupation and a damped Broyden mixer to
 converge: periodic structures default to ``PERIODIC_TEMPERATURE_HARTREE`` and
-``PERIODIC_MIXER_DAMPING``. When the SCF still fails, one retry with a higher temperature and
-stronger damping is made (``retry=True``) and recorded in ``metadata["attempts"]``; if that
-fails too, :class:`SCFConvergenceError` names the structure, the cycles and every setting tried.
+``PERIODIC_MIXER_DAMPING``. When the SCF still fails, one retry is made (``retry=True``) and
+recorded in ``metadata["attempts"]``; if that fails too, :class:`SCFConvergenceError` names
+the structure, the cycles and every setting tried. The retry keeps the requested electronic
+temperature (``retry_mode="anneal"``): it starts at a higher one, anneals down to the target,
+with stronger damping and twice the cycles. A retry that converged at the higher temperature
+(``retry_mode="raise"``) gives a different electronic state: a dataset mixing the two is
+inconsistent. Measured: the 109-atom demo VCM device "Broken 2" (GFN1-xTB, kT = 0.06 Ha,
+mixing 0.05) did not converge in 250 cycles; converged at 0.12 Ha its TiN electrodes held
+0.2 e more per Ti (Mulliken) than every other device's, its electrode Fermi level sat 3 eV
+above theirs and a model trained on the 0.06 Ha devices was 1.2 eV off on every on-site
+energy; annealed from 0.12 Ha (20 + 60 cycles, mixing 0.025) it converged at 0.06 Ha in 264
+cycles, in line with the others (electrode Fermi level -6.10 eV against -6.45 to -5.46).
 
 Measured on the 57-atom toy VCM device (``DeviceSpec()`` with 5% random vacancies; GFN1-xTB;
 kT and Broyden mixing parameter -> SCF cycles): 0.01 Ha / 0.05 -> 221; 0.01 Ha / 0.2 and 0.4
@@ -97,8 +106,13 @@ class TBLiteSettings:
         max_iterations: SCF cycle limit.
         accuracy: tblite's numerical accuracy factor (smaller = tighter).
         charge: total charge (elementary charges).
-        retry: after a failed SCF, retry once with ``retry_temperature_factor`` times the
-            temperature and ``retry_damping_factor`` times the mixing parameter.
+        retry: after a failed SCF, retry once with ``retry_damping_factor`` times the mixing
+            parameter, as ``retry_mode`` says.
+        retry_mode: "anneal" (default): the retry starts at ``retry_temperature_factor`` times
+            the temperature, holds it for a tenth of ``max_iterations`` cycles, anneals to the
+            requested temperature over a quarter, and may take twice ``max_iterations``: the
+            result is at the requested temperature. "raise": the retry runs at
+            ``retry_temperature_factor`` times the temperature and its result stays there.
         hamiltonian: "scf" (converged self-consistent H, default) or "core" (tblite's H0).
         threshold: atom pairs whose S and H0 blocks are all below this magnitude are left
             out (0: keep every pair that tblite couples).
@@ -114,6 +128,7 @@ class TBLiteSettings:
     accuracy: float = 1.0
     charge: float = 0.0
     retry: bool = True
+    retry_mode: str = "anneal"
     retry_temperature_factor: float = 2.0
     retry_damping_factor: float = 0.5
     hamiltonian: str = "scf"
@@ -124,6 +139,8 @@ class TBLiteSettings:
             raise ValueError(f"tblite method {self.method!r} unknown; choose from {_METHODS}")
         if self.hamiltonian not in ("scf", "core"):
             raise ValueError(f"hamiltonian must be 'scf' or 'core', not {self.hamiltonian!r}")
+        if self.retry_mode not in ("anneal", "raise"):
+            raise ValueError(f"retry_mode must be 'anneal' or 'raise', not {self.retry_mode!r}")
         if self.guess not in _GUESSES:
             raise ValueError(f"guess must be one of {tuple(_GUESSES)}, not {self.guess!r}")
         if self.annealing is not None:
@@ -255,6 +272,25 @@ def _single_run(atoms, settings: TBLiteSettings, periodic: bool):
     return calc, res, error, log
 
 
+def _retry_settings(first: TBLiteSettings) -> TBLiteSettings:
+    """The settings of the retry after ``first`` (resolved) failed; see ``retry_mode``."""
+    temperature = first.electronic_temperature_hartree
+    hot = max(temperature * first.retry_temperature_factor, MOLECULE_TEMPERATURE_HARTREE)
+    damping = first.mixer_damping * first.retry_damping_factor
+    if first.retry_mode == "raise":
+        return dataclasses.replace(first, electronic_temperature_hartree=hot, mixer_damping=damping)
+    annealing = first.annealing
+    if hot > temperature:
+        start = max(hot, annealing[0]) if annealing else hot
+        annealing = (start, first.max_iterations // 10, first.max_iterations // 4)
+    return dataclasses.replace(
+        first,
+        mixer_damping=damping,
+        annealing=annealing,
+        max_iterations=2 * first.max_iterations,
+    )
+
+
 def run_tblite(atoms, settings: TBLiteSettings | None = None, *, name: str | None = None):
     """Run tblite on ``atoms`` (retrying once if allowed) and return a :class:`TBLiteResult`.
 
@@ -275,16 +311,7 @@ def run_tblite(atoms, settings: TBLiteSettings | None = None, *, name: str | Non
     current = settings.resolved(periodic)
     plan = [current]
     if settings.retry:
-        plan.append(
-            dataclasses.replace(
-                current,
-                electronic_temperature_hartree=max(
-                    current.electronic_temperature_hartree * current.retry_temperature_factor,
-                    MOLECULE_TEMPERATURE_HARTREE,
-                ),
-                mixer_damping=current.mixer_damping * current.retry_damping_factor,
-            )
-        )
+        plan.append(_retry_settings(current))
     attempts = []
     start = time.perf_counter()
     for attempt in plan:
