@@ -163,6 +163,10 @@ class TrainConfig:
             constant (see the module docstring).
         data_parallel: split each step over all local devices.
         progress: show tqdm progress bars.
+        init_from: a model folder written by :func:`train` whose best parameters start this
+            run (fine-tuning on new data, or a new schedule after an unfinished one); the
+            optimiser and schedule start fresh. Its model must equal this run's (the dtype
+            may differ).
     """
 
     model: Any = None
@@ -190,6 +194,7 @@ class TrainConfig:
     align_energy_reference: bool = False
     data_parallel: bool = True
     progress: bool = True
+    init_from: str | None = None
 
     def __post_init__(self):
         if self.model is None:
@@ -951,6 +956,25 @@ def _with_onsite_bias(state: TrainState, model_config, batches: Sequence[Mapping
     return dataclasses.replace(state, params=params)
 
 
+def _with_parameters_from(state: TrainState, config: TrainConfig) -> TrainState:
+    """``state`` with the best parameters of the model folder ``config.init_from``."""
+    saved, params, _ = load_checkpoint(config.init_from, "best")
+    dtype = config.model.dtype
+    differ = [
+        f"{f.name}: {getattr(saved.model, f.name)!r} there, {getattr(config.model, f.name)!r} here"
+        for f in dataclasses.fields(config.model)
+        if f.name != "dtype" and getattr(saved.model, f.name) != getattr(config.model, f.name)
+    ]
+    if differ:
+        raise ValueError(
+            f"init_from {config.init_from}: its model differs from this run's ({'; '.join(differ)})"
+        )
+    params = _cast_floats(jax.tree.map(jnp.asarray, params), jnp.dtype(dtype))
+    if jax.tree.structure(params) != jax.tree.structure(state.params):
+        raise ValueError(f"init_from {config.init_from}: its parameters do not fit this model")
+    return dataclasses.replace(state, params=params)
+
+
 def train(
     config: TrainConfig,
     out_dir: str | os.PathLike,
@@ -1011,7 +1035,11 @@ def train(
         )
 
     state = init(init_key, key, train_batches[0]["graph"])
-    if config.onsite_bias_from_data and meta is None:
+    if config.init_from and meta is None:
+        state = _with_parameters_from(state, config)
+        if echo:
+            echo(f"starting from the best parameters of {config.init_from}")
+    elif config.onsite_bias_from_data and meta is None:
         state = _with_onsite_bias(state, config.model, train_batches)
     history: list[dict] = []
     start_epoch, best_step, best_metric = 0, None, math.inf

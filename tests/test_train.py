@@ -555,3 +555,22 @@ def test_mean_onsite_blocks_are_the_mean_over_atoms_of_each_element(tiny_records
             assert np.isnan(means[s]).all()
             continue
         np.testing.assert_allclose(means[s, :n, :n], np.mean(blocks, axis=0), atol=1e-12)
+
+
+@pytest.mark.slow
+def test_init_from_starts_at_the_saved_model(trained, tiny_records, tmp_path):
+    # with a vanishing learning rate the first epoch evaluates the saved best parameters:
+    # the validation error equals the one recorded at that checkpoint
+    run, config, _ = trained
+    best = train.load_checkpoint(run, "best")[2]
+    record = best["history"][-1]
+    finetune = dataclasses.replace(
+        config, init_from=str(run), epochs=1, learning_rate=1e-30, final_learning_rate=1e-30
+    )
+    first = train.train(finetune, tmp_path / "finetune", echo=None)
+    assert first["validation_total_mae_meV"] == pytest.approx(
+        record["validation_total_mae_meV"], rel=1e-6
+    )
+    other = dataclasses.replace(finetune, model=small_model_config(channels=4))
+    with pytest.raises(ValueError, match="channels"):
+        train.train(other, tmp_path / "other", echo=None)
