@@ -25,8 +25,9 @@ inconsistent. Measured: the 109-atom demo VCM device "Broken 2" (GFN1-xTB, kT = 
 mixing 0.05) did not converge in 250 cycles; converged at 0.12 Ha its TiN electrodes held
 0.2 e more per Ti (Mulliken) than every other device's, its electrode Fermi level sat 3 eV
 above theirs and a model trained on the 0.06 Ha devices was 1.2 eV off on every on-site
-energy; annealed from 0.12 Ha (20 + 60 cycles, mixing 0.025) it converged at 0.06 Ha in 264
-cycles, in line with the others (electrode Fermi level -6.10 eV against -6.45 to -5.46).
+energy; the annealed retry (from 0.12 Ha, 25 + 62 cycles, mixing 0.025) converged it at
+0.06 Ha in 258 cycles, in line with the others (electrode Fermi level -6.10 eV against -6.45
+to -5.46).
 
 Measured on the 57-atom toy VCM device (``DeviceSpec()`` with 5% random vacancies; GFN1-xTB;
 kT and Broyden mixing parameter -> SCF cycles): 0.01 Ha / 0.05 -> 221; 0.01 Ha / 0.2 and 0.4
