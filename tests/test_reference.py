@@ -193,6 +193,20 @@ def test_tblite_retry_keeps_the_requested_temperature():
     )
 
 
+def test_tblite_raise_mode_retry_stays_at_the_raised_temperature():
+    atoms = molecule("H2O")
+    cycles = run_tblite(atoms, TBLiteSettings(retry=False, mixer_damping=0.8)).scf_cycles
+    record = compute_reference(
+        atoms, "tblite", max_iterations=cycles, retry_mode="raise", retry_damping_factor=2.0
+    )
+    meta = record.metadata
+    kt = meta["attempts"][0]["settings"]["electronic_temperature_hartree"]
+    if not meta["retried"]:
+        pytest.skip("the first attempt converged (mixing 0.4 as fast as 0.8 here)")
+    assert meta["electronic_temperature_hartree"] == pytest.approx(2 * kt)
+    assert meta["settings"]["annealing"] is None
+
+
 def test_bad_settings_are_named():
     with pytest.raises(ValueError, match="mixer_dampin"):
         compute_reference(molecule("H2O"), "tblite", mixer_dampin=0.1)
