@@ -99,7 +99,7 @@ DEFAULT_TBLITE: dict = {"electronic_temperature_hartree": 0.06}
 #: Training of the full default run: the paper's model (ModelConfig defaults: 8 A cutoff,
 #: lmax 4, 16 channels) with a cosine schedule from 2e-3 to 1e-5. Over 1,200 epochs this
 #: schedule took the model to 18 meV validation MAE on these devices (5.5 min on one H100);
-#: the default's 500 epochs take about an hour on two CPU cores (6.8 s per epoch). The
+#: the default's 500 epochs took 72 min on two CPU cores (6.8-7.2 s per epoch). The
 #: paper's own 1e-4 -> 1e-5 over 200 epochs leaves this model far from converged.
 DEFAULT_TRAIN: dict = {
     "epochs": 500,
@@ -584,6 +584,12 @@ def device_transport(
 ) -> dict:
     """T(E) on ``E_F +/- window``, the current at the bias, and (``channels``) the leads'
     open channels.
+
+    ``lead_channels`` is the smaller of the two electrodes' open-channel counts
+    (:func:`hamjax.transport.open_channels`) at about ten energies of the window and at E_F
+    (``lead_channel_energies``): where it is 0 the electrode itself does not conduct (a gap
+    of its Gamma-point band structure), and T(E) there is evanescent tunnelling whatever the
+    device does.
 
     With ``config.refine_energies`` the uniform grid is refined where T(E) can move the
     current (:func:`hamjax.transport.grid.refine_grid`). ``current_coarse`` is the current
