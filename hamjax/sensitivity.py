@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 
-def _current_fn(overlap, layers, energies, bias, fermi_level, temperature, eta):
+def _current_fn(overlap, layers, energies, bias, fermi_level, temperature, eta, leads=None):
     from hamjax.assemble import current_from_hamiltonian
 
     def current(h):
@@ -48,6 +48,7 @@ def _current_fn(overlap, layers, energies, bias, fermi_level, temperature, eta):
             fermi_level=fermi_level,
             temperature=temperature,
             eta=eta,
+            leads=leads,
         )
         return value
 
@@ -150,10 +151,20 @@ def device_current(
     temperature: float = 300.0,
     eta: float | None = None,
 ):
-    """``current(H) -> I`` (A) of the open device with its S held fixed (H in eV)."""
+    """``current(H) -> I`` (A) of the open device with its S held fixed (H in eV).
+
+    With ``device.lead_blocks`` set (:meth:`~hamjax.two_terminal.TwoTerminal.with_leads_of`)
+    those leads are held fixed too, and dI/dH is the response of the device region alone."""
     overlap = jnp.asarray(device.overlap.toarray())
     return _current_fn(
-        overlap, device.layers, jnp.asarray(energies), bias, fermi_level, temperature, eta
+        overlap,
+        device.layers,
+        jnp.asarray(energies),
+        bias,
+        fermi_level,
+        temperature,
+        eta,
+        leads=device.lead_blocks,
     )
 
 

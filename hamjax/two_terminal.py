@@ -23,7 +23,7 @@ interaction range long).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -58,6 +58,8 @@ class TwoTerminal:
             electrodes see :func:`hamjax.vcm.electrode_fermi_level`).
         dropped_max_ev: largest |H| entry (eV) of the blocks dropped for lying beyond the
             cutoff (the price of the truncation; boundary-crossing blocks not counted).
+        lead_blocks: ``(left, right)`` :class:`hamjax.transport.Lead` blocks that replace the
+            device's own ends as leads (see :meth:`with_leads_of`), or None.
     """
 
     hamiltonian: sp.csr_matrix
@@ -68,13 +70,17 @@ class TwoTerminal:
     atom_layer: np.ndarray
     fermi_level_ev: float | None
     dropped_max_ev: float
+    lead_blocks: tuple | None = None
 
     def leads(self):
-        """``(left, right)`` :class:`hamjax.transport.Lead` blocks (eV), as the default leads
-        of :func:`hamjax.transport.transmission` take them: the first layer and its coupling
-        to the second, the last layer and the coupling into it from the one before."""
+        """``(left, right)`` :class:`hamjax.transport.Lead` blocks (eV): ``lead_blocks`` when
+        set, else as the default leads of :func:`hamjax.transport.transmission` take them:
+        the first layer and its coupling to the second, the last layer and the coupling into
+        it from the one before."""
         from hamjax.transport import Lead
 
+        if self.lead_blocks is not None:
+            return self.lead_blocks
         edges = np.concatenate([[0], np.cumsum(self.layers)])
 
         def block(matrix, a, b):
@@ -90,6 +96,29 @@ class TwoTerminal:
             block(s, n - 2, n - 1),
         )
         return left, right
+
+    def with_leads_of(self, other: TwoTerminal) -> TwoTerminal:
+        """This device between the leads of ``other`` (the same structure's open device from
+        another Hamiltonian): the standard NEGF setup in which the electrodes come from their
+        own calculation and only the device region, here including one electrode cell at each
+        end, from this Hamiltonian. Both must be in the same energy frame (eV).
+
+        Raises:
+            ValueError: the two devices' end layers differ in size or atoms.
+        """
+        n = len(self.layers) - 1
+        for end, a, b in (("first", 0, 0), ("last", n, len(other.layers) - 1)):
+            same_size = self.layers[a] == other.layers[b]
+            same_atoms = np.array_equal(
+                self.order[self.atom_layer[self.order] == a],
+                other.order[other.atom_layer[other.order] == b],
+            )
+            if not (same_size and same_atoms):
+                raise ValueError(
+                    f"the {end} layer of the device ({self.layers[a]} orbitals) and of the "
+                    f"device giving the leads ({other.layers[b]} orbitals) hold different atoms"
+                )
+        return replace(self, lead_blocks=other.leads())
 
 
 def axis_coordinates(

@@ -14,13 +14,16 @@ and compare the currents computed from predicted and reference Hamiltonians:
 5. errors: node, edge and total MAE over every H entry of the pairs within the cutoff
    (predicted image blocks folded to Gamma, as the reference is a Gamma-point calculation);
 6. transport (:mod:`hamjax.two_terminal`, :mod:`hamjax.transport`): each cell opened
-   between its TiN ends (leads = two TiN cells at each end), T(E) and I at the bias;
+   between its TiN ends (leads = two TiN cells at each end), T(E) and I at the bias; the
+   predicted device between its own predicted leads and, by default, also between the
+   reference's leads (:attr:`VCMConfig.prediction_leads`);
 7. sensitivity (:mod:`hamjax.sensitivity`): dI/dH per atom and dI/dR through the model on
    one test device, with a finite-difference check of dI/dR.
 
 Outputs in the run folder: ``table.md`` and ``table.json`` (the paper's Table I),
 ``summary.json``, ``errors.png`` (violin plots of the per-entry errors with 5th/95th
-percentiles), ``transmission.png`` (T(E) of reference and prediction, bias window marked),
+percentiles), ``transmission.png`` (T(E) of reference and prediction, bias window marked,
+and the reference electrodes' open channels),
 ``device_<name>.png``, ``sensitivity.png``, ``timings.json``, ``data/`` (dataset files) and
 ``model/`` (checkpoints).
 
@@ -112,6 +115,10 @@ DEFAULT_TRAIN: dict = {
 }
 
 
+#: Choices of :attr:`VCMConfig.prediction_leads`.
+PREDICTION_LEADS = ("predicted", "reference", "both")
+
+
 @dataclass(frozen=True)
 class VCMConfig:
     """Everything the experiment needs (JSON keys = field names; nested dicts as given).
@@ -144,6 +151,15 @@ class VCMConfig:
             current to 1% (3.14e-7 A; 5.1e-7 A without); Filament 1, with many narrow
             resonances, went 1.5e-7, 3.1e-7, 4.7e-7 A with 0, 80, 160.
         sensitivity_device: test device for the sensitivity maps ("" skips them).
+        prediction_leads: the leads of the predicted device. "predicted": its own TiN ends,
+            as in the paper (the whole device predicted); "reference": the reference's lead
+            blocks, with one predicted electrode cell at each end of the device region (the
+            standard NEGF setup, electrodes from their own calculation; the current then
+            uses the reference's electrode Fermi level); "both": the first is ``I_pred``
+            (and the sensitivity maps), the second an extra column. On the default run's
+            Filament 1 the predicted leads had 3 open channels from 1 to 0.3 eV below E_F
+            where the reference's have none, and that background carried most of the
+            predicted current.
         align_to_electrode_fermi_level: train, compare and transport every Hamiltonian
             with its energy zero at its electrodes' Fermi level (:func:`align_to_electrodes`;
             the raw references stay on disk as computed).
@@ -170,6 +186,7 @@ class VCMConfig:
     n_energies: int = 121
     refine_energies: int = 120
     sensitivity_device: str = "Filament 1"
+    prediction_leads: str = "both"
     align_to_electrode_fermi_level: bool = True
     finite_difference_atoms: int = 2
     finite_difference_step_angstrom: float = 1e-5
@@ -194,6 +211,11 @@ class VCMConfig:
             )
         if not self.train_seeds:
             raise ValueError("VCMConfig: train_seeds is empty")
+        if self.prediction_leads not in PREDICTION_LEADS:
+            raise ValueError(
+                f"VCMConfig: prediction_leads {self.prediction_leads!r}: choose one of "
+                f"{', '.join(map(repr, PREDICTION_LEADS))}"
+            )
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -609,7 +631,9 @@ def device_transport(
     residuals = []
 
     def transmission_at(e):
-        result = transmission(device.hamiltonian, device.overlap, device.layers, e)
+        result = transmission(
+            device.hamiltonian, device.overlap, device.layers, e, leads=device.lead_blocks
+        )
         residuals.append(max(np.max(result.residual_left), np.max(result.residual_right)))
         return np.asarray(result.transmission)
 
@@ -714,6 +738,14 @@ def plot_transmission(results: Mapping[str, Mapping], bias: float, path: Path) -
             "C3--",
             label=f"predicted, I = {pred['current'] * 1e6:.3g} uA (E_F {shift:+.2f} eV)",
         )
+        if "prediction_reference_leads" in results[name]:
+            both = results[name]["prediction_reference_leads"]
+            ax.semilogy(
+                both["energies"] - both["fermi_level"],
+                np.maximum(both["transmission"], floor),
+                "C2-.",
+                label=f"predicted, reference's leads, I = {both['current'] * 1e6:.3g} uA",
+            )
         ax.semilogy(
             ref["lead_channel_energies"] - ref["fermi_level"],
             np.maximum(ref["lead_channels"], floor),
@@ -853,19 +885,27 @@ def sensitivity_maps(
 
 # ---------------------------------------------------------------------------- pipeline
 def _markdown_table(rows: list[dict]) -> str:
+    both = all("current_pred_reference_leads_A" in r for r in rows)
+    leads = "" if both else f" ({rows[0]['prediction_leads']} leads)" if rows else ""
     head = (
         "| device | node MAE (meV / mEh) | edge MAE (meV / mEh) | total MAE (meV / mEh) "
-        "| I_ref (A) | I_pred (A) | I_pred / I_ref | open lead channels at E_F (ref) |"
+        f"| I_ref (A) | I_pred{leads} (A) | I_pred / I_ref "
+        + ("| I_pred, reference leads (A) | ratio " if both else "")
+        + "| open lead channels at E_F (ref) |"
     )
-    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    lines = [head, "|---" * (10 if both else 8) + "|"]
     for r in rows:
+        extra = ""
+        if both:
+            i_both = r["current_pred_reference_leads_A"]
+            extra = f"| {i_both:.3e} | {i_both / r['current_ref_A']:.3g} "
         lines.append(
             f"| {r['device']} | {r['node_mae_meV']:.2f} / {r['node_mae_mEh']:.3f} "
             f"| {r['edge_mae_meV']:.2f} / {r['edge_mae_mEh']:.3f} "
             f"| {r['total_mae_meV']:.2f} / {r['total_mae_mEh']:.3f} "
             f"| {r['current_ref_A']:.3e} | {r['current_pred_A']:.3e} "
             f"| {r['current_pred_A'] / r['current_ref_A']:.3g} "
-            f"| {r['lead_channels_at_fermi_ref']:g} |"
+            f"{extra}| {r['lead_channels_at_fermi_ref']:g} |"
         )
     checks = ", ".join(
         f"{r['device']} {r['current_ref_coarse_grid_A'] / r['current_ref_A']:.2f} / "
@@ -1015,10 +1055,34 @@ def evaluate_stage(
         fermi_pred = electrode_fermi_level(
             *electrode_levels(for_transport[name], side["atoms"]), side["population"], kt_hartree
         )
-        pred_t = device_transport(
-            for_transport[name], config, fermi_pred * HARTREE_EV, channels=False
-        )
+        own_leads = transport_device(for_transport[name], config)
+        curves = {}
+        if config.prediction_leads in ("predicted", "both"):
+            curves["predicted"] = device_transport(
+                for_transport[name],
+                config,
+                fermi_pred * HARTREE_EV,
+                channels=False,
+                device=own_leads,
+            )
+        if config.prediction_leads in ("reference", "both"):
+            # the reference's electrodes set the chemical potentials: their Fermi level
+            curves["reference"] = device_transport(
+                for_transport[name],
+                config,
+                ref_t["fermi_level"],
+                channels=False,
+                device=own_leads.with_leads_of(device),
+            )
+        pred_t = next(iter(curves.values()))
         transport[name] = {"reference": ref_t, "prediction": pred_t}
+        extra = {}
+        if len(curves) == 2:
+            transport[name]["prediction_reference_leads"] = curves["reference"]
+            extra = {
+                "current_pred_reference_leads_A": curves["reference"]["current"],
+                "current_pred_reference_leads_coarse_grid_A": curves["reference"]["current_coarse"],
+            }
         rows.append(
             {
                 "device": name,
@@ -1028,6 +1092,10 @@ def evaluate_stage(
                 "current_pred_A": pred_t["current"],
                 "current_ref_coarse_grid_A": ref_t["current_coarse"],
                 "current_pred_coarse_grid_A": pred_t["current_coarse"],
+                **extra,
+                "prediction_leads": "reference"
+                if config.prediction_leads == "reference"
+                else "predicted",
                 "n_energies_ref": len(ref_t["energies"]),
                 "n_energies_pred": len(pred_t["energies"]),
                 "fermi_level_ref_eV": ref_t["fermi_level"],
@@ -1040,10 +1108,13 @@ def evaluate_stage(
                     ref_t["device"].dropped_max_ev
                 ),
                 "lead_channels_at_fermi_ref": ref_t["lead_channels_at_fermi"],
-                "max_dyson_residual": max(ref_t["max_residual"], pred_t["max_residual"]),
+                "max_dyson_residual": max(r["max_residual"] for r in (ref_t, *curves.values())),
             }
         )
-        for which, result in (("reference", ref_t), ("prediction", pred_t)):
+        for which, result in (
+            ("reference", ref_t),
+            *((f"prediction (its {k} leads)", v) for k, v in curves.items()),
+        ):
             ratio = result["current_coarse"] / result["current"]
             if not 0.8 < ratio < 1.25:
                 echo(
@@ -1093,8 +1164,11 @@ def evaluate_stage(
                     "current_pred_A",
                     "current_ref_coarse_grid_A",
                     "current_pred_coarse_grid_A",
+                    "current_pred_reference_leads_A",
+                    "prediction_leads",
                     "lead_channels_at_fermi_ref",
                 )
+                if k in r
             }
             for r in rows
         },

@@ -74,6 +74,8 @@ def test_config_rejects_unknown_keys_and_bad_window(tmp_path):
         VCMConfig(bias_volt=3.0, energy_window_ev=1.0)
     with pytest.raises(ValueError, match="sensitivity_device"):
         VCMConfig(sensitivity_device="Filament 9")
+    with pytest.raises(ValueError, match="prediction_leads"):
+        VCMConfig(prediction_leads="bulk")
     path.write_text(json.dumps({"train_seeds": [4, 5], "n_energies": 11}))
     config = load_config(path)
     assert config.train_seeds == (4, 5) and config.n_energies == 11
@@ -190,6 +192,10 @@ def test_experiment_end_to_end_is_consistent(tmp_path):
     assert 0 < row["total_mae_meV"] < 5000
     assert np.isfinite(summary["validation_total_mae_meV"])
     assert row["lead_channels_at_fermi_ref"] >= 0
+    # the default "both": the predicted device also between the reference's leads
+    assert row["prediction_leads"] == "predicted"
+    assert 0 < row["current_pred_reference_leads_A"] < 1e-3
+    assert "reference leads" in (tmp_path / "table.md").read_text()
 
     sens = summary["sensitivity"]
     assert sens["current_through_model_A"] == pytest.approx(
