@@ -1113,12 +1113,12 @@ def evaluate_stage(
         )
         for which, result in (
             ("reference", ref_t),
-            *((f"prediction (its {k} leads)", v) for k, v in curves.items()),
+            *((f"prediction, {k} leads", v) for k, v in curves.items()),
         ):
             ratio = result["current_coarse"] / result["current"]
             if not 0.8 < ratio < 1.25:
                 echo(
-                    f"{name}: the {which}'s current on a coarser grid is {ratio:.2f} times "
+                    f"{name} ({which}): the current on a coarser grid is {ratio:.2f} times "
                     f"the current on all {len(result['energies'])} energies: T(E) has "
                     "resonances narrower than the grid, so the current is not converged "
                     "(raise n_energies or refine_energies)"
