@@ -736,7 +736,8 @@ def plot_transmission(results: Mapping[str, Mapping], bias: float, path: Path) -
             pred["energies"] - pred["fermi_level"],
             np.maximum(pred["transmission"], floor),
             "C3--",
-            label=f"predicted, I = {pred['current'] * 1e6:.3g} uA (E_F {shift:+.2f} eV)",
+            label=f"predicted{pred.get('leads_label', '')}, I = {pred['current'] * 1e6:.3g} uA "
+            f"(E_F {shift:+.2f} eV)",
         )
         if "prediction_reference_leads" in results[name]:
             both = results[name]["prediction_reference_leads"]
@@ -1075,6 +1076,8 @@ def evaluate_stage(
                 device=own_leads.with_leads_of(device),
             )
         pred_t = next(iter(curves.values()))
+        if config.prediction_leads == "reference":
+            pred_t["leads_label"] = ", reference's leads"
         transport[name] = {"reference": ref_t, "prediction": pred_t}
         extra = {}
         if len(curves) == 2:
