@@ -732,11 +732,13 @@ def plot_transmission(results: Mapping[str, Mapping], bias: float, path: Path) -
             label=f"reference, I = {ref['current'] * 1e6:.3g} uA",
         )
         shift = pred["fermi_level"] - ref["fermi_level"]
+        own = results[name].get("prediction_leads", "predicted") == "predicted"
+        leads_label = "" if own else ", reference's leads"
         ax.semilogy(
             pred["energies"] - pred["fermi_level"],
             np.maximum(pred["transmission"], floor),
             "C3--",
-            label=f"predicted{pred.get('leads_label', '')}, I = {pred['current'] * 1e6:.3g} uA "
+            label=f"predicted{leads_label}, I = {pred['current'] * 1e6:.3g} uA "
             f"(E_F {shift:+.2f} eV)",
         )
         if "prediction_reference_leads" in results[name]:
@@ -1075,10 +1077,9 @@ def evaluate_stage(
                 channels=False,
                 device=own_leads.with_leads_of(device),
             )
-        pred_t = next(iter(curves.values()))
-        if config.prediction_leads == "reference":
-            pred_t["leads_label"] = ", reference's leads"
-        transport[name] = {"reference": ref_t, "prediction": pred_t}
+        leads = next(iter(curves))  # those of I_pred: "predicted" unless only "reference"
+        pred_t = curves[leads]
+        transport[name] = {"reference": ref_t, "prediction": pred_t, "prediction_leads": leads}
         extra = {}
         if len(curves) == 2:
             transport[name]["prediction_reference_leads"] = curves["reference"]
@@ -1096,9 +1097,7 @@ def evaluate_stage(
                 "current_ref_coarse_grid_A": ref_t["current_coarse"],
                 "current_pred_coarse_grid_A": pred_t["current_coarse"],
                 **extra,
-                "prediction_leads": "reference"
-                if config.prediction_leads == "reference"
-                else "predicted",
+                "prediction_leads": leads,
                 "n_energies_ref": len(ref_t["energies"]),
                 "n_energies_pred": len(pred_t["energies"]),
                 "fermi_level_ref_eV": ref_t["fermi_level"],
