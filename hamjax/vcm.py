@@ -22,8 +22,9 @@ and compare the currents computed from predicted and reference Hamiltonians:
 
 Outputs in the run folder: ``table.md`` and ``table.json`` (the paper's Table I),
 ``summary.json``, ``errors.png`` (violin plots of the per-entry errors with 5th/95th
-percentiles), ``transmission.png`` (T(E) of reference and prediction, bias window marked,
-and the reference electrodes' open channels),
+percentiles), ``error_profile.png`` and ``.json`` (the MAE in 2 A slabs along the
+transport axis, :func:`error_profile`), ``transmission.png`` (T(E) of reference and
+prediction, bias window marked, and the reference electrodes' open channels),
 ``device_<name>.png``, ``sensitivity.png``, ``timings.json``, ``data/`` (dataset files) and
 ``model/`` (checkpoints).
 
@@ -432,6 +433,57 @@ def entry_errors(folded, on_pairs) -> dict[str, np.ndarray]:
     return {"node": error[is_node], "edge": error[~is_node], "total": error}
 
 
+def atom_errors(folded, on_pairs) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of |H error| (Hartree) and number of entries per atom.
+
+    Every entry of a block ``(i, j)`` counts for atom ``i`` and for atom ``j``; an on-site
+    block counts once. Inputs are :func:`fold_prediction`'s two records.
+    """
+    sizes = np.diff(folded.block_offsets)
+    block = np.repeat(np.arange(len(sizes)), sizes)
+    per_block = np.bincount(block, np.abs(folded.hamiltonian - on_pairs.hamiltonian), len(sizes))
+    i, j = folded.pairs.T
+    other = i != j
+    n = len(folded.numbers)
+    total = np.bincount(i, per_block, n) + np.bincount(j, per_block * other, n)
+    count = np.bincount(i, sizes, n) + np.bincount(j, sizes * other, n)
+    return total, count
+
+
+def error_profile(folded, on_pairs, *, axis: int = 0, width: float = 2.0) -> dict:
+    """MAE of the H entries of the atoms in slabs of ``width`` Angstrom along ``axis``.
+
+    A slab's MAE is the mean |error| over the entries of every block that touches one of its
+    atoms (:func:`atom_errors`): where along the device the prediction goes wrong
+    (interfaces, filament, electrodes).
+
+    Returns:
+        ``{"axis", "width_angstrom", "start_angstrom", "mae_meV": [...],
+        "elements": [[symbols], ...]}``: one entry per slab, NaN for an empty slab.
+    """
+    from ase.data import chemical_symbols
+
+    total, count = atom_errors(folded, on_pairs)
+    coordinate = folded.positions[:, axis]
+    start = float(np.floor(coordinate.min()))
+    slab = ((coordinate - start) // width).astype(int)
+    n_slab = int(slab.max()) + 1
+    summed = np.bincount(slab, total, n_slab)
+    entries = np.bincount(slab, count, n_slab)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mae = np.where(entries > 0, summed / entries, np.nan) * HARTREE_EV * 1e3
+    elements = [
+        sorted({chemical_symbols[z] for z in folded.numbers[slab == k]}) for k in range(n_slab)
+    ]
+    return {
+        "axis": axis,
+        "width_angstrom": width,
+        "start_angstrom": start,
+        "mae_meV": [None if np.isnan(v) else float(v) for v in mae],
+        "elements": elements,
+    }
+
+
 def mae_row(errors: Mapping[str, np.ndarray]) -> dict[str, float]:
     """Node, edge and total MAE in meV and mEh."""
     row = {}
@@ -705,6 +757,56 @@ def plot_errors(errors: Mapping[str, Mapping[str, np.ndarray]], path: Path) -> N
         ax.axhline(0, color="0.6", lw=0.6)
         ax.set_title(f"{part} blocks (bars: 5th / 95th percentile)")
         ax.set_ylabel("H error, predicted - reference (meV)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def _material(elements: list[str]) -> str:
+    """Layer of the VCM stack that a slab with these elements belongs to."""
+    if "Hf" in elements:
+        return "HfO2"
+    if "N" in elements:
+        return "TiN"
+    if elements == ["Ti"]:
+        return "Ti"
+    return "HfO2" if "O" in elements else ""
+
+
+def plot_error_profile(profiles: Mapping[str, Mapping], path: Path) -> None:
+    """MAE along the transport axis per test device, the stack's layers shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    first = next(iter(profiles.values()))
+    width, start = first["width_angstrom"], first["start_angstrom"]
+    shade = {"HfO2": "tab:orange", "Ti": "tab:green"}
+    for k, elements in enumerate(first["elements"]):
+        layer = _material(elements)
+        if layer in shade:
+            ax.axvspan(
+                start + k * width, start + (k + 1) * width, color=shade[layer], alpha=0.12, lw=0
+            )
+    for name, profile in profiles.items():
+        mae = np.array([np.nan if v is None else v for v in profile["mae_meV"]])
+        centres = (
+            profile["start_angstrom"] + (np.arange(len(mae)) + 0.5) * profile["width_angstrom"]
+        )
+        ax.plot(centres, mae, "-o", ms=2.5, lw=1.2, label=name)
+    handles = [
+        plt.Rectangle(
+            (0, 0), 1, 1, color=c, alpha=0.25, label=f"{layer} (of {next(iter(profiles))})"
+        )
+        for layer, c in shade.items()
+    ]
+    ax.legend(handles=ax.get_legend_handles_labels()[0] + handles, fontsize=8, ncol=2)
+    ax.set_xlabel(f"position along the transport axis (A), {width:g} A slabs")
+    ax.set_ylabel("MAE of the slab's H entries (meV)")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Where the prediction errs: TiN | HfO2 | Ti | TiN (TiN unshaded)")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -1040,11 +1142,13 @@ def evaluate_stage(
     predictions = predictor.predict([records[n] for n in tests], with_overlap=False)
     timings["prediction_s"] = time.perf_counter() - t0
 
-    rows, errors, transport, for_transport = [], {}, {}, {}
+    rows, errors, profiles, transport, for_transport = [], {}, {}, {}, {}
     t0 = time.perf_counter()
     for name, predicted in zip(tests, predictions, strict=True):
         reference = records[name]
-        errors[name] = entry_errors(*fold_prediction(predicted, reference))
+        folded = fold_prediction(predicted, reference)
+        errors[name] = entry_errors(*folded)
+        profiles[name] = error_profile(*folded)
         # both Fermi levels from the electrodes' population at the electrodes' temperature
         # (see electrode_fermi_level)
         device = transport_device(reference, config)
@@ -1134,6 +1238,8 @@ def evaluate_stage(
     timings["transport_s"] = time.perf_counter() - t0
 
     plot_errors(errors, out / "errors.png")
+    plot_error_profile(profiles, out / "error_profile.png")
+    _write_json(out / "error_profile.json", profiles)
     plot_transmission(transport, config.bias_volt, out / "transmission.png")
     (out / "table.md").write_text(_markdown_table(rows))
     _write_json(out / "table.json", rows)

@@ -8,7 +8,15 @@ import pytest
 from hamjax.basis import Basis
 from hamjax.blocks import BlockHamiltonian
 from hamjax.constants import HARTREE_EV
-from hamjax.vcm import VCMConfig, entry_errors, fold_prediction, load_config, mae_row
+from hamjax.vcm import (
+    VCMConfig,
+    atom_errors,
+    entry_errors,
+    error_profile,
+    fold_prediction,
+    load_config,
+    mae_row,
+)
 
 BASIS = Basis.from_dict("two-s", {"H": (0, 0)})
 
@@ -63,6 +71,51 @@ def test_folded_prediction_errors_are_exact():
     row = mae_row(errors)
     assert row["total_mae_mEh"] == pytest.approx(10.0)
     assert row["edge_mae_meV"] == pytest.approx(0.01 * HARTREE_EV * 1e3)
+
+
+def _with_error(reference, error):
+    """The reference plus a dense error matrix, as a prediction on the same pairs."""
+    return reference.replace(
+        hamiltonian=BlockHamiltonian.from_dense(
+            reference.numbers,
+            reference.positions,
+            reference.cell,
+            reference.pbc,
+            reference.basis,
+            reference.to_dense() + error,
+            threshold=-1.0,
+            candidate_pairs=np.unique(reference.pairs, axis=0),
+        ).hamiltonian,
+        overlap=None,
+    )
+
+
+def test_atom_errors_and_profile_against_dense_sums():
+    reference = _reference()
+    rng = np.random.default_rng(1)
+    error = rng.normal(scale=0.01, size=(8, 8))
+    folded, on_pairs = fold_prediction(_with_error(reference, error), reference)
+    total, count = atom_errors(folded, on_pairs)
+    # Direct sums over the dense error: atom a owns rows and columns 2a, 2a + 1; every
+    # entry of block (a, b) counts for a and for b, an on-site block once.
+    blocks = np.abs(error).reshape(4, 2, 4, 2).sum(axis=(1, 3))  # [a, b]
+    expected = blocks.sum(axis=1) + blocks.sum(axis=0) - np.diag(blocks)
+    np.testing.assert_allclose(total, expected, rtol=1e-12)
+    np.testing.assert_array_equal(count, [4 + 2 * 3 * 4] * 4)
+
+    # Atoms at x = 0.5, 1.5 | 2.5, 3.5: two 2 A slabs.
+    profile = error_profile(folded, on_pairs, width=2.0)
+    assert profile["start_angstrom"] == 0.0 and profile["elements"] == [["H"], ["H"]]
+    for k, atoms in enumerate(([0, 1], [2, 3])):
+        mae = expected[atoms].sum() / (2 * 28) * HARTREE_EV * 1e3
+        assert profile["mae_meV"][k] == pytest.approx(mae, rel=1e-12)
+
+    # An error on atom 3's on-site block alone: nothing in the first slab.
+    local = np.zeros((8, 8))
+    local[6:, 6:] = 0.01
+    profile = error_profile(*fold_prediction(_with_error(reference, local), reference))
+    assert profile["mae_meV"][0] == 0.0
+    assert profile["mae_meV"][1] == pytest.approx(4 * 0.01 / 56 * HARTREE_EV * 1e3, rel=1e-12)
 
 
 def test_config_rejects_unknown_keys_and_bad_window(tmp_path):
