@@ -238,8 +238,19 @@ def test_experiment_end_to_end_is_consistent(tmp_path):
         refine_energies=12,  # the refined, non-uniform grid through transport and gradients
     )
     summary = vcm.run_experiment(config, tmp_path, progress=False, echo=lambda _: None)
-    for name in ("table.md", "table.json", "summary.json", "errors.png", "transmission.png"):
+    for name in (
+        "table.md",
+        "table.json",
+        "summary.json",
+        "errors.png",
+        "error_profile.png",
+        "transmission.png",
+    ):
         assert (tmp_path / name).stat().st_size > 0, name
+    profile = json.loads((tmp_path / "error_profile.json").read_text())["Filament 1"]
+    assert len(profile["mae_meV"]) >= 20  # 2 A slabs along a device of more than 50 A
+    assert all(v is None or v > 0 for v in profile["mae_meV"])
+    assert ["Hf", "O"] in profile["elements"] and ["N", "Ti"] in profile["elements"]
     assert (tmp_path / "sensitivity.png").exists()
     row = summary["devices"]["Filament 1"]
     assert 0 < row["total_mae_meV"] < 5000
