@@ -127,6 +127,9 @@ class VCMConfig:
     Attributes:
         device: :class:`hamjax.structures.DeviceSpec` fields shared by every device.
         train_seeds: one random-vacancy training device per seed.
+        train_devices: further training devices, name -> DeviceSpec fields as in
+            ``test_devices`` (any vacancy mode, e.g. filament-like clusters beside the
+            random-vacancy devices; same background density as the test devices).
         validation_seed: seed of the random-vacancy validation device.
         vacancy_density: fraction of oxide O removed in the random devices.
         filament_background_density: random vacancies outside the filaments of test devices.
@@ -172,6 +175,7 @@ class VCMConfig:
 
     device: Mapping = field(default_factory=lambda: dict(DEFAULT_DEVICE))
     train_seeds: tuple[int, ...] = (1, 2)
+    train_devices: Mapping = field(default_factory=dict)
     validation_seed: int = 3
     vacancy_density: float = 0.1
     filament_background_density: float = 0.02
@@ -210,8 +214,16 @@ class VCMConfig:
                 f"VCMConfig: lead_cells * 4.24 A = {self.lead_cells * A_TIN:.2f} A must reach "
                 f"transport_cutoff_angstrom ({self.transport_cutoff_angstrom} A)"
             )
-        if not self.train_seeds:
-            raise ValueError("VCMConfig: train_seeds is empty")
+        if not self.train_seeds and not self.train_devices:
+            raise ValueError("VCMConfig: no training device (train_seeds and train_devices empty)")
+        taken = {f"train-{seed}" for seed in self.train_seeds} | {"validation"}
+        taken = {_file_name(n) for n in taken | set(self.test_devices)}
+        clash = sorted(n for n in self.train_devices if _file_name(n) in taken)
+        if clash:
+            raise ValueError(
+                f"VCMConfig: train_devices {clash} reuse the (file) name of another device "
+                "(train-<seed>, validation or a test device)"
+            )
         if self.prediction_leads not in PREDICTION_LEADS:
             raise ValueError(
                 f"VCMConfig: prediction_leads {self.prediction_leads!r}: choose one of "
@@ -284,6 +296,11 @@ def build_devices(config: VCMConfig) -> dict[str, dict]:
     for seed in config.train_seeds:
         random = {"vacancy_mode": "random", "vacancy_density": config.vacancy_density}
         jobs[f"train-{seed}"] = ("train", {**base, **random, "seed": seed})
+    for name, fields in config.train_devices.items():
+        jobs[name] = (
+            "train",
+            {**base, "vacancy_density": config.filament_background_density, **fields},
+        )
     jobs["validation"] = (
         "validation",
         {

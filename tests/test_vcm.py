@@ -129,9 +129,34 @@ def test_config_rejects_unknown_keys_and_bad_window(tmp_path):
         VCMConfig(sensitivity_device="Filament 9")
     with pytest.raises(ValueError, match="prediction_leads"):
         VCMConfig(prediction_leads="bulk")
+    with pytest.raises(ValueError, match="Filament 1"):
+        VCMConfig(train_devices={"Filament 1": {"vacancy_mode": "filament"}})
+    with pytest.raises(ValueError, match="Train-1"):
+        VCMConfig(train_devices={"Train-1": {}})  # the file name of train-1
+    with pytest.raises(ValueError, match="no training device"):
+        VCMConfig(train_seeds=())
     path.write_text(json.dumps({"train_seeds": [4, 5], "n_energies": 11}))
     config = load_config(path)
     assert config.train_seeds == (4, 5) and config.n_energies == 11
+
+
+def test_train_devices_join_the_training_set_as_specified():
+    from hamjax.structures import DeviceSpec, build_device
+    from hamjax.vcm import TEST_DEVICES, build_devices
+
+    cluster = {**TEST_DEVICES["Filament 1"], "seed": 7}
+    config = VCMConfig(train_seeds=(1,), train_devices={"Cluster": cluster})
+    devices = build_devices(config)
+    roles = {name: d["role"] for name, d in devices.items()}
+    assert roles["Cluster"] == "train" and roles["train-1"] == "train"
+    # The same fields make the same structure whether a device trains or tests.
+    as_test = build_devices(VCMConfig(test_devices={"Cluster": cluster}, sensitivity_device=""))
+    np.testing.assert_array_equal(
+        devices["Cluster"]["atoms"].positions, as_test["Cluster"]["atoms"].positions
+    )
+    pristine = build_device(DeviceSpec(**config.device, vacancy_mode="random", vacancy_density=0.0))
+    oxygens = np.sum(devices["Cluster"]["atoms"].numbers == 8)
+    assert oxygens < np.sum(pristine.numbers == 8)  # the filament's vacancies are there
 
 
 def test_fermi_level_by_count_fills_the_requested_electrons():
