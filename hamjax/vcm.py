@@ -476,7 +476,7 @@ def error_profile(folded, on_pairs, *, axis: int = 0, width: float = 2.0) -> dic
 
     Returns:
         ``{"axis", "width_angstrom", "start_angstrom", "mae_meV": [...],
-        "elements": [[symbols], ...]}``: one entry per slab, NaN for an empty slab.
+        "elements": [[symbols], ...]}``: one entry per slab, None for an empty slab.
     """
     from ase.data import chemical_symbols
 
