@@ -292,15 +292,16 @@ def build_devices(config: VCMConfig) -> dict[str, dict]:
     from hamjax.structures import DeviceSpec, build_device
 
     base = dict(config.device)
+
+    def as_given(fields: Mapping) -> dict:  # a vacancy pattern as specified, test background
+        return {**base, "vacancy_density": config.filament_background_density, **fields}
+
     jobs: dict[str, tuple[str, dict]] = {}
     for seed in config.train_seeds:
         random = {"vacancy_mode": "random", "vacancy_density": config.vacancy_density}
         jobs[f"train-{seed}"] = ("train", {**base, **random, "seed": seed})
     for name, fields in config.train_devices.items():
-        jobs[name] = (
-            "train",
-            {**base, "vacancy_density": config.filament_background_density, **fields},
-        )
+        jobs[name] = ("train", as_given(fields))
     jobs["validation"] = (
         "validation",
         {
@@ -311,8 +312,7 @@ def build_devices(config: VCMConfig) -> dict[str, dict]:
         },
     )
     for name, fields in config.test_devices.items():
-        spec = {**base, "vacancy_density": config.filament_background_density, **fields}
-        jobs[name] = ("test", spec)
+        jobs[name] = ("test", as_given(fields))
     devices = {}
     for name, (role, fields) in jobs.items():
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
@@ -798,7 +798,7 @@ def plot_error_profile(profiles: Mapping[str, Mapping], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 3.8))
-    first = next(iter(profiles.values()))
+    first_name, first = next(iter(profiles.items()))
     width, start = first["width_angstrom"], first["start_angstrom"]
     shade = {"HfO2": "tab:orange", "Ti": "tab:green"}
     for k, elements in enumerate(first["elements"]):
@@ -814,9 +814,7 @@ def plot_error_profile(profiles: Mapping[str, Mapping], path: Path) -> None:
         )
         ax.plot(centres, mae, "-o", ms=2.5, lw=1.2, label=name)
     handles = [
-        plt.Rectangle(
-            (0, 0), 1, 1, color=c, alpha=0.25, label=f"{layer} (of {next(iter(profiles))})"
-        )
+        plt.Rectangle((0, 0), 1, 1, color=c, alpha=0.25, label=f"{layer} (of {first_name})")
         for layer, c in shade.items()
     ]
     ax.legend(handles=ax.get_legend_handles_labels()[0] + handles, fontsize=8, ncol=2)
@@ -851,7 +849,7 @@ def plot_transmission(results: Mapping[str, Mapping], bias: float, path: Path) -
             label=f"reference, I = {ref['current'] * 1e6:.3g} uA",
         )
         shift = pred["fermi_level"] - ref["fermi_level"]
-        own = results[name].get("prediction_leads", "predicted") == "predicted"
+        own = results[name]["prediction_leads"] == "predicted"
         leads_label = "" if own else ", reference's leads"
         ax.semilogy(
             pred["energies"] - pred["fermi_level"],
