@@ -30,9 +30,14 @@ Predictions and targets are padded blocks ``[n, M, M]`` (Hartree). An entry coun
 node (or edge) is labelled (``labels`` masks of the batch: real, inside the slice) and both
 of its orbitals exist for the species (orbital mask). The loss is the sum of squared
 (``"mse"``) or absolute (``"mae"``) errors over counted entries divided by their number, so
-padding never changes it. Metrics are mean absolute errors over counted entries of node
-blocks, edge blocks and all blocks together ("total", every labelled H entry), in mEh
-(milli-Hartree) and meV.
+padding never changes it. With ``element_loss_weights`` (element symbol -> weight, 1 for
+elements not named) every entry of atom i's on-site block carries weight ``w_i`` and every
+entry of the hopping block (i, j) carries ``(w_i + w_j) / 2``; the loss is then the weighted
+sum divided by the summed weight of the counted entries, so uniform weights give the plain
+loss. Weights steer training toward a region (the oxide of a device, where the current is
+decided); they never enter the metrics. Metrics are mean absolute errors over counted
+entries of node blocks, edge blocks and all blocks together ("total", every labelled H
+entry), in mEh (milli-Hartree) and meV.
 
 Energy-reference alignment
 --------------------------
@@ -102,6 +107,7 @@ __all__ = [
     "mean_onsite_blocks",
     "metrics_from_sums",
     "save_config",
+    "species_weights",
     "stack_for_devices",
     "train",
 ]
@@ -159,6 +165,8 @@ class TrainConfig:
             rotation-invariant part of its mean on-site block in the training data
             (:func:`hamjax.models.onsite_bias_for_blocks`) instead of zero.
         loss: "mse" or "mae" over the counted block entries (Hartree^2 or Hartree).
+        element_loss_weights: element symbol -> weight of its atoms' entries in the loss
+            (see the module docstring); elements not named weigh 1. Metrics are unweighted.
         align_energy_reference: shift each graph's on-site diagonal by the closed-form
             constant (see the module docstring).
         data_parallel: split each step over all local devices.
@@ -191,6 +199,7 @@ class TrainConfig:
     gradient_clip_norm: float = 1.0
     onsite_bias_from_data: bool = True
     loss: str = "mse"
+    element_loss_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
     align_energy_reference: bool = False
     data_parallel: bool = True
     progress: bool = True
@@ -220,6 +229,7 @@ class TrainConfig:
             raise ValueError("config keys 'learning_rate' > 0 and 'final_learning_rate' >= 0")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError("config key 'validation_fraction' must lie in [0, 1)")
+        species_weights(self.element_loss_weights)  # raises naming a bad entry
 
 
 def default_config() -> TrainConfig:
@@ -367,6 +377,30 @@ def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
 
 
 # --------------------------------------------------------------------------- losses
+def species_weights(element_loss_weights: Mapping[str, float]) -> np.ndarray | None:
+    """Loss weight of every atomic number, ``[119]`` (1 where not named); None for no weights.
+
+    Raises ValueError naming an unknown element symbol or a weight that is not positive.
+    """
+    from ase.data import atomic_numbers
+
+    if not element_loss_weights:
+        return None
+    table = np.ones(119)
+    for symbol, weight in element_loss_weights.items():
+        if symbol not in atomic_numbers or atomic_numbers[symbol] == 0:
+            raise ValueError(
+                f"config key 'element_loss_weights': {symbol!r} is not an element symbol"
+            )
+        if not (isinstance(weight, int | float) and math.isfinite(weight) and weight > 0):
+            raise ValueError(
+                f"config key 'element_loss_weights': weight of {symbol} must be a positive "
+                f"number, got {weight!r}"
+            )
+        table[atomic_numbers[symbol]] = float(weight)
+    return table
+
+
 def _node_graph_index(n_node: jax.Array, total: int) -> jax.Array:
     """Graph index of every node, ``[total]``."""
     return jnp.repeat(jnp.arange(n_node.shape[0]), n_node, total_repeat_length=total)
@@ -379,6 +413,7 @@ def block_errors(
     *,
     loss: str = "mse",
     align_energy_reference: bool = False,
+    weights: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
     """Masked error sums of one padded batch (no normalisation yet).
 
@@ -393,11 +428,14 @@ def block_errors(
         loss: "mse" (squared errors) or "mae" (absolute errors) for ``loss_sum``.
         align_energy_reference: shift each graph's on-site diagonal by the closed-form
             constant of the module docstring before measuring.
+        weights: loss weight of every atomic number (:func:`species_weights`); None weighs
+            every entry 1.
 
     Returns:
-        Scalars: ``loss_sum`` (squared or absolute errors, Hartree^2 or Hartree),
-        ``node_abs``, ``edge_abs`` (sums of absolute errors, Hartree), ``node_count``,
-        ``edge_count`` (numbers of counted entries).
+        Scalars: ``loss_sum`` (weighted squared or absolute errors, Hartree^2 or Hartree),
+        ``loss_weight`` (summed weight of the counted entries: their number when
+        unweighted), ``node_abs``, ``edge_abs`` (sums of absolute errors, Hartree),
+        ``node_count``, ``edge_count`` (numbers of counted entries).
     """
     graph = batch["graph"]
     orbitals = batch["orbital_mask"]  # [n_node, M]
@@ -436,14 +474,21 @@ def block_errors(
     edge_diff = jnp.where(edge_mask, edge_pred - edge_target, 0.0)
     node_abs = jnp.sum(jnp.abs(node_diff))
     edge_abs = jnp.sum(jnp.abs(edge_diff))
+    if weights is None:
+        node_w = edge_w = jnp.ones((), node_pred.dtype)
+    else:
+        atom_w = jnp.asarray(weights, node_pred.dtype)[graph.nodes["species"]]  # [n_node]
+        node_w = atom_w[:, None, None]
+        edge_w = (0.5 * (atom_w[graph.senders] + atom_w[graph.receivers]))[:, None, None]
     if loss == "mse":
-        loss_sum = jnp.sum(node_diff**2) + jnp.sum(edge_diff**2)
+        loss_sum = jnp.sum(node_w * node_diff**2) + jnp.sum(edge_w * edge_diff**2)
     elif loss == "mae":
-        loss_sum = node_abs + edge_abs
+        loss_sum = jnp.sum(node_w * jnp.abs(node_diff)) + jnp.sum(edge_w * jnp.abs(edge_diff))
     else:
         raise ValueError(f"loss {loss!r}: choose 'mse' or 'mae'")
     return {
         "loss_sum": loss_sum,
+        "loss_weight": jnp.sum(node_w * node_mask) + jnp.sum(edge_w * edge_mask),
         "node_abs": node_abs,
         "edge_abs": edge_abs,
         "node_count": jnp.sum(node_mask).astype(node_pred.dtype),
@@ -456,7 +501,8 @@ def metrics_from_sums(sums: Mapping[str, Any]) -> dict[str, float]:
     sums = {k: float(v) for k, v in sums.items()}
     node_n, edge_n = sums["node_count"], sums["edge_count"]
     total_n = node_n + edge_n
-    out = {"loss": sums["loss_sum"] / max(total_n, 1.0)}
+    weight = sums.get("loss_weight", total_n)
+    out = {"loss": sums["loss_sum"] / (weight if weight > 0 else 1.0)}
     for name, err, n in (
         ("node", sums["node_abs"], node_n),
         ("edge", sums["edge_abs"], edge_n),
@@ -555,6 +601,8 @@ def _cast_floats(tree, dtype):
 def _sum_over_shards(model, params, stacked_batch, config: TrainConfig, dtype):
     """Error sums of a stacked batch ``[n_shard, ...]`` (one padded batch per device)."""
 
+    weights = species_weights(config.element_loss_weights)
+
     def one(batch):
         batch = _cast_floats(batch, dtype)
         node_pred, edge_pred = model.apply(params, batch["graph"])
@@ -564,6 +612,7 @@ def _sum_over_shards(model, params, stacked_batch, config: TrainConfig, dtype):
             batch,
             loss=config.loss,
             align_energy_reference=config.align_energy_reference,
+            weights=weights,
         )
 
     sums = jax.vmap(one)(stacked_batch)
@@ -573,15 +622,16 @@ def _sum_over_shards(model, params, stacked_batch, config: TrainConfig, dtype):
 def make_train_step(model, config: TrainConfig, optimizer) -> Callable:
     """A jitted ``step(state, stacked_batch) -> (state, sums)``.
 
-    The loss is the error sum over all shards divided by the number of counted entries over
-    all shards, so the gradient does not depend on how a batch is split over devices.
+    The loss is the (weighted) error sum over all shards divided by the summed weight of the
+    counted entries over all shards (their number when unweighted), so the gradient does not
+    depend on how a batch is split over devices.
     """
     dtype = jnp.dtype(config.model.dtype)
 
     def loss_fn(params, stacked_batch):
         sums = _sum_over_shards(model, params, stacked_batch, config, dtype)
-        count = sums["node_count"] + sums["edge_count"]
-        return sums["loss_sum"] / jnp.maximum(count, 1.0), sums
+        weight = sums["loss_weight"]
+        return sums["loss_sum"] / jnp.where(weight > 0, weight, 1.0), sums
 
     @jax.jit
     def step(state: TrainState, stacked_batch):
@@ -892,7 +942,9 @@ def _flatten_metrics(prefix: str, metrics: Mapping[str, float]) -> dict[str, flo
 def _accumulate(sums_list: list) -> dict[str, float]:
     host = jax.device_get(sums_list)
     keys = (
-        host[0].keys() if host else ("loss_sum", "node_abs", "edge_abs", "node_count", "edge_count")
+        host[0].keys()
+        if host
+        else ("loss_sum", "loss_weight", "node_abs", "edge_abs", "node_count", "edge_count")
     )
     return {k: float(sum(float(s[k]) for s in host)) for k in keys}
 

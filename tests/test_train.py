@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from ase.data import chemical_symbols
 
 from hamjax import batching, train
 from hamjax.basis import gfn1_xtb_basis
@@ -88,14 +89,21 @@ def _fake_prediction(batch, seed):
     return node, edge
 
 
-def _reference_errors(records, batch, node_pred, edge_pred):
-    """Squared and absolute errors by walking every block of every record (no masks)."""
+def _reference_errors(records, batch, node_pred, edge_pred, weights=None):
+    """Squared and absolute errors by walking every block of every record (no masks).
+
+    Also the sums of ``weight * squared error``, ``weight * absolute error`` and ``weight``
+    over entries, with ``weights`` a dict atomic number -> weight (1 if absent): an on-site
+    entry of atom i weighs w_i, a hopping entry of (i, j) (w_i + w_j) / 2.
+    """
+    weights = weights or {}
     graph = batch["graph"]
     senders, receivers = np.asarray(graph.senders), np.asarray(graph.receivers)
     shifts = np.asarray(graph.edges["shifts"])
     node_off = edge_off = 0
     sq = node_abs = edge_abs = 0.0
     n_node_entries = n_edge_entries = 0
+    wsq = wabs = wsum = 0.0
     for record in records:
         counts = record.orbital_counts
         lookup = {}
@@ -121,9 +129,15 @@ def _reference_errors(records, batch, node_pred, edge_pred):
             else:
                 continue  # beyond the cutoff: not a graph edge, not counted
             sq += (diff**2).sum()
+            w_i = weights.get(int(record.numbers[i]), 1.0)
+            w_j = weights.get(int(record.numbers[j]), 1.0)
+            w = w_i if key[0] == key[1] and key[2] == (0, 0, 0) else 0.5 * (w_i + w_j)
+            wsq += w * (diff**2).sum()
+            wabs += w * np.abs(diff).sum()
+            wsum += w * diff.size
         node_off += len(record.numbers)
         edge_off += n_edges_here
-    return sq, node_abs, edge_abs, n_node_entries, n_edge_entries
+    return sq, node_abs, edge_abs, n_node_entries, n_edge_entries, wsq, wabs, wsum
 
 
 def test_masked_loss_equals_block_walk_and_ignores_padding(tiny_records):
@@ -137,7 +151,7 @@ def test_masked_loss_equals_block_walk_and_ignores_padding(tiny_records):
         for loss in ("mse", "mae"):
             sums = train.block_errors(jnp.asarray(node), jnp.asarray(edge), batch, loss=loss)
             results.append(sums)
-        sq, n_abs, e_abs, n_n, n_e = _reference_errors(records, batch, node, edge)
+        sq, n_abs, e_abs, n_n, n_e, *_ = _reference_errors(records, batch, node, edge)
         mse_sums = results[-2]
         count = float(mse_sums["node_count"] + mse_sums["edge_count"])
         assert count == n_n + n_e > 0
@@ -150,6 +164,42 @@ def test_masked_loss_equals_block_walk_and_ignores_padding(tiny_records):
     for key in ("loss_sum", "node_abs", "edge_abs", "node_count", "edge_count"):
         np.testing.assert_allclose(float(results[0][key]), float(results[2][key]), rtol=1e-12)
         np.testing.assert_allclose(float(results[1][key]), float(results[3][key]), rtol=1e-12)
+
+
+def test_element_weighted_loss_equals_weighted_block_walk(tiny_records):
+    records = tiny_records[:2]
+    batch = _batch(records, batching.Budget(n_node=64, n_edge=256, n_graph=6))
+    node, edge = _fake_prediction(batch, 3)
+    elements = sorted({int(z) for r in records for z in r.numbers})
+    assert len(elements) >= 2  # a weight that differs between elements is tested
+    by_symbol = {chemical_symbols[elements[0]]: 4.0}
+    table = train.species_weights(by_symbol)
+    assert table[elements[0]] == 4.0 and table[elements[1]] == 1.0
+    walk = _reference_errors(records, batch, node, edge, {elements[0]: 4.0})
+    wsq, wabs, wsum = walk[5:]
+    count = walk[3] + walk[4]
+    assert wsum > count  # the weight reached some entries
+    for loss, expected in (("mse", wsq), ("mae", wabs)):
+        sums = train.block_errors(
+            jnp.asarray(node), jnp.asarray(edge), batch, loss=loss, weights=table
+        )
+        np.testing.assert_allclose(float(sums["loss_sum"]), expected, rtol=1e-12)
+        np.testing.assert_allclose(float(sums["loss_weight"]), wsum, rtol=1e-12)
+        # the metrics stay unweighted
+        np.testing.assert_allclose(float(sums["node_abs"] + sums["edge_abs"]), walk[1] + walk[2])
+    # one weight on every element scales sum and normaliser alike: the plain loss
+    every = train.species_weights({chemical_symbols[z]: 2.5 for z in elements})
+    plain = train.block_errors(jnp.asarray(node), jnp.asarray(edge), batch)
+    scaled = train.block_errors(jnp.asarray(node), jnp.asarray(edge), batch, weights=every)
+    assert float(plain["loss_weight"]) == count
+    np.testing.assert_allclose(
+        float(scaled["loss_sum"] / scaled["loss_weight"]),
+        float(plain["loss_sum"] / plain["loss_weight"]),
+        rtol=1e-12,
+    )
+    for bad, match in (({"Xx": 2.0}, "not an element"), ({"O": 0.0}, "positive")):
+        with pytest.raises(ValueError, match=match):
+            train.TrainConfig(model=small_model_config(), element_loss_weights=bad)
 
 
 def test_energy_reference_alignment_removes_a_constant_shift(tiny_records):
@@ -199,6 +249,7 @@ def test_config_json_round_trip_and_bad_keys(tmp_path):
         epochs=3,
         loss="mae",
         slice_width_angstrom=None,
+        element_loss_weights={"Hf": 3.0, "O": 2.0},
     )
     path = tmp_path / "cfg.json"
     train.save_config(config, path)
