@@ -224,6 +224,12 @@ class VCMConfig:
                 f"VCMConfig: train_devices {clash} reuse the (file) name of another device "
                 "(train-<seed>, validation or a test device)"
             )
+        from hamjax.train import config_from_dict
+
+        try:  # a bad training or model key fails here, not after the references
+            config_from_dict({**dict(self.train), "model": dict(self.model)})
+        except ValueError as err:
+            raise ValueError(f"VCMConfig 'train' / 'model': {err}") from None
         if self.prediction_leads not in PREDICTION_LEADS:
             raise ValueError(
                 f"VCMConfig: prediction_leads {self.prediction_leads!r}: choose one of "

@@ -135,9 +135,28 @@ def test_config_rejects_unknown_keys_and_bad_window(tmp_path):
         VCMConfig(train_devices={"Train-1": {}})  # the file name of train-1
     with pytest.raises(ValueError, match="no training device"):
         VCMConfig(train_seeds=())
+    # training and model keys are checked before any reference is computed
+    with pytest.raises(ValueError, match="learning_rat"):
+        VCMConfig(train={"learning_rat": 1e-3})
+    with pytest.raises(ValueError, match="chanels"):
+        VCMConfig(model={"chanels": 8})
+    with pytest.raises(ValueError, match="Qq"):
+        VCMConfig(train={"element_loss_weights": {"Qq": 2.0}})
     path.write_text(json.dumps({"train_seeds": [4, 5], "n_energies": 11}))
     config = load_config(path)
     assert config.train_seeds == (4, 5) and config.n_energies == 11
+
+
+def test_shipped_experiment_configs_load():
+    """Every config in experiments/ is valid; vcm_default.json is exactly the defaults."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "experiments"
+    paths = sorted(folder.glob("vcm*.json"))
+    assert len(paths) >= 3
+    for path in paths:
+        load_config(path)
+    assert load_config(folder / "vcm_default.json").to_dict() == VCMConfig().to_dict()
 
 
 def test_train_devices_join_the_training_set_as_specified():
