@@ -224,10 +224,8 @@ class VCMConfig:
                 f"VCMConfig: train_devices {clash} reuse the (file) name of another device "
                 "(train-<seed>, validation or a test device)"
             )
-        from hamjax.train import config_from_dict
-
         try:  # a bad training or model key fails here, not after the references
-            config_from_dict({**dict(self.train), "model": dict(self.model)})
+            training_config(self)
         except ValueError as err:
             raise ValueError(f"VCMConfig 'train' / 'model': {err}") from None
         if self.prediction_leads not in PREDICTION_LEADS:
@@ -1088,21 +1086,34 @@ def reference_stage(config: VCMConfig, out: Path, *, progress: bool = True, echo
     return {"devices": devices, "records": records, "timings": timings}
 
 
+def training_config(config: VCMConfig, **run):
+    """The :class:`hamjax.train.TrainConfig` of ``config.train`` and ``config.model`` (the
+    model on the VCM basis), with ``run`` (``data``, ``validation_data``: the experiment's
+    files; ``progress``, unless ``config.train`` sets it) added.
+
+    Raises ValueError naming an unknown or bad key, or a ``train`` key the experiment sets.
+    """
+    from hamjax.train import config_from_dict
+
+    reserved = sorted({"data", "validation_data", "model"} & set(config.train))
+    if reserved:
+        raise ValueError(f"{reserved} are set by the experiment, not by 'train'")
+    progress = {"progress": run.pop("progress")} if "progress" in run else {}
+    return config_from_dict({**progress, **dict(config.train), **run, "model": dict(config.model)})
+
+
 def train_stage(
     config: VCMConfig, out: Path, records: Mapping, devices: Mapping, *, progress=True, echo=print
 ) -> dict:
     """Train (or resume) the model on the training devices into ``out/model``."""
-    from hamjax.models import ModelConfig
-    from hamjax.train import TrainConfig, train, vcm_basis
+    from hamjax.train import train
 
     names = _roles(devices)
-    train_config = TrainConfig(
-        model=ModelConfig(basis=vcm_basis(), **dict(config.model)),
-        data=tuple(str(out / "data" / f"{_file_name(n)}.npz") for n in names["train"]),
-        validation_data=tuple(
-            str(out / "data" / f"{_file_name(n)}.npz") for n in names["validation"]
-        ),
-        **{"progress": progress, **dict(config.train)},
+    train_config = training_config(
+        config,
+        data=[str(out / "data" / f"{_file_name(n)}.npz") for n in names["train"]],
+        validation_data=[str(out / "data" / f"{_file_name(n)}.npz") for n in names["validation"]],
+        progress=progress,
     )
     return train(
         train_config,

@@ -142,6 +142,8 @@ def test_config_rejects_unknown_keys_and_bad_window(tmp_path):
         VCMConfig(model={"chanels": 8})
     with pytest.raises(ValueError, match="Qq"):
         VCMConfig(train={"element_loss_weights": {"Qq": 2.0}})
+    with pytest.raises(ValueError, match="set by the experiment"):
+        VCMConfig(train={"data": ["x.npz"]})
     path.write_text(json.dumps({"train_seeds": [4, 5], "n_energies": 11}))
     config = load_config(path)
     assert config.train_seeds == (4, 5) and config.n_energies == 11
