@@ -149,11 +149,13 @@ class VCMConfig:
         temperature_k: electrode temperature, kelvin.
         energy_window_ev: T(E) is computed on E_F +/- this, eV (must exceed bias/2).
         n_energies: energy points.
-        refine_energies: energies added where T(E) can move the current
-            (:func:`hamjax.transport.grid.refine_grid`); 0 keeps the uniform grid. On the
-            demo's Broken 1 reference 80 extra energies on a 50 meV grid converge the
-            current to 1% (3.14e-7 A; 5.1e-7 A without); Filament 1, with many narrow
-            resonances, went 1.5e-7, 3.1e-7, 4.7e-7 A with 0, 80, 160.
+        refine_energies: most energies added where T(E) can move the current
+            (:func:`hamjax.transport.grid.refine_grid`, which stops earlier once no
+            interval can move it by 0.1%); 0 keeps the uniform grid. The default run's
+            Filament 1 reference, whose current sits in a few resonances 1-3 meV wide, read
+            4.6e-7 A with 120 (29% low), 5.8e-7 A with 240 and 5.9e-7 A with 480 (413
+            used) against 6.0e-7 A with its peaks resolved to 0.1 meV; its prediction
+            converges with ~260.
         sensitivity_device: test device for the sensitivity maps ("" skips them).
         prediction_leads: the leads of the predicted device. "predicted": its own TiN ends,
             as in the paper (the whole device predicted); "reference": the reference's lead
@@ -189,7 +191,7 @@ class VCMConfig:
     temperature_k: float = 300.0
     energy_window_ev: float = 1.0
     n_energies: int = 121
-    refine_energies: int = 120
+    refine_energies: int = 480
     sensitivity_device: str = "Filament 1"
     prediction_leads: str = "both"
     align_to_electrode_fermi_level: bool = True
@@ -688,10 +690,11 @@ def device_transport(
 
     With ``config.refine_energies`` the uniform grid is refined where T(E) can move the
     current (:func:`hamjax.transport.grid.refine_grid`). ``current_coarse`` is the current
-    on a coarser grid: the uniform one when refining, else every second energy. Resonances
-    narrower than the grid spacing make the Landauer integral depend on the grid (demo
-    Filament 1, reference: 2.4e-7, 3.0e-7, 4.3e-7, 9.7e-7, 7.8e-7 A at 64, 32, 16, 8, 4 meV
-    spacing), and the two currents' ratio shows how far from converged it is.
+    on a coarser grid: after half the refinement when refining, else on every second
+    energy. Resonances narrower than the grid spacing make the Landauer integral depend on
+    the grid (demo Filament 1, reference: 2.4e-7, 3.0e-7, 4.3e-7, 9.7e-7, 7.8e-7 A at 64,
+    32, 16, 8, 4 meV spacing), and the two currents' ratio shows how far from converged it
+    is.
     """
     from hamjax.transport import current, transmission
     from hamjax.transport.grid import refine_grid
@@ -717,18 +720,25 @@ def device_transport(
             )
         )
 
-    t = transmission_at(energies)
-    if config.refine_energies > 0:
-        coarse = landauer(energies, t)
-        energies, t = refine_grid(
+    def refined(e, t, extra):
+        return refine_grid(
             transmission_at,
-            energies,
+            e,
             bias=config.bias_volt,
             fermi_level=fermi_level_ev,
             temperature=config.temperature_k,
-            extra_points=config.refine_energies,
+            extra_points=extra,
             values=t,
         )
+
+    t = transmission_at(energies)
+    if config.refine_energies > 0:
+        # refine_grid depends only on the grid and T so far: two calls are one refinement
+        # with a look at the current half-way
+        half = config.refine_energies // 2
+        energies, t = refined(energies, t, half)
+        coarse = landauer(energies, t)
+        energies, t = refined(energies, t, config.refine_energies - half)
     else:
         coarse = landauer(energies[::2], t[::2])
     i = landauer(energies, t)

@@ -67,3 +67,16 @@ def test_flat_transmission_is_left_alone():
 def test_rejects_unsorted_grid():
     with pytest.raises(ValueError, match="strictly increasing"):
         refine_grid(np.ones_like, np.array([0.0, 1.0, 0.5]), bias=1.0, fermi_level=0.0)
+
+
+def test_refinement_resumes_where_it_stopped():
+    """The evaluate stage refines in two calls to read the current half-way: the grid and T
+    after n + n points equal those of one call with 2n (n a multiple of the round size)."""
+    kw = dict(bias=0.5, fermi_level=0.0, temperature=300.0, points_per_round=10)
+    start = np.linspace(-0.6, 0.6, 25)
+    once = refine_grid(_exact_t, start, extra_points=60, **kw)
+    half = refine_grid(_exact_t, start, extra_points=30, **kw)
+    twice = refine_grid(_exact_t, half[0], extra_points=30, values=half[1], **kw)
+    assert once[0].size == 25 + 60
+    np.testing.assert_array_equal(twice[0], once[0])
+    np.testing.assert_array_equal(twice[1], once[1])
