@@ -153,9 +153,9 @@ class VCMConfig:
             (:func:`hamjax.transport.grid.refine_grid`, which stops earlier once no
             interval can move it by 0.1%); 0 keeps the uniform grid. The default run's
             Filament 1 reference, whose current sits in a few resonances 1-3 meV wide, read
-            4.6e-7 A with 120 (29% low), 5.8e-7 A with 240 and 5.9e-7 A with 480 (413
-            used) against 6.0e-7 A with its peaks resolved to 0.1 meV; its prediction
-            converges with ~260.
+            4.6e-7 A with 120 (23% low), 5.8e-7 A with 240 and 6.02e-7 A with 480 (430
+            used) against 6.03e-7 A with its peaks resolved to 0.1 meV; its prediction
+            stopped at 239.
         sensitivity_device: test device for the sensitivity maps ("" skips them).
         prediction_leads: the leads of the predicted device. "predicted": its own TiN ends,
             as in the paper (the whole device predicted); "reference": the reference's lead
