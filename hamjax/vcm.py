@@ -1110,8 +1110,8 @@ def training_config(config: VCMConfig, **run):
     reserved = sorted({"data", "validation_data", "model"} & set(config.train))
     if reserved:
         raise ValueError(f"{reserved} are set by the experiment, not by 'train'")
-    progress = {"progress": run.pop("progress")} if "progress" in run else {}
-    return config_from_dict({**progress, **dict(config.train), **run, "model": dict(config.model)})
+    # config.train may not set data/validation_data (above), so it overrides only progress
+    return config_from_dict({**run, **dict(config.train), "model": dict(config.model)})
 
 
 def train_stage(
