@@ -334,6 +334,12 @@ def _file_name(name: str) -> str:
     return name.lower().replace(" ", "_")
 
 
+def reference_file(folder: Path, name: str) -> Path:
+    """The dataset file of device ``name``'s reference in ``folder`` (an experiment's
+    ``out/"data"``)."""
+    return Path(folder) / f"{_file_name(name)}.npz"
+
+
 def compute_references(devices: dict, folder: Path, settings: Mapping, progress: bool) -> dict:
     """Reference records of every device (tblite), cached as dataset files in ``folder``."""
     from tqdm.auto import tqdm
@@ -347,7 +353,7 @@ def compute_references(devices: dict, folder: Path, settings: Mapping, progress:
     records, timings = {}, {}
     bar = tqdm(devices.items(), desc="references (tblite)", disable=not progress, unit="device")
     for name, device in bar:
-        path = folder / f"{_file_name(name)}.npz"
+        path = reference_file(folder, name)
         if path.exists():
             try:
                 cached = dataset.load(path)
@@ -1123,8 +1129,8 @@ def train_stage(
     names = _roles(devices)
     train_config = training_config(
         config,
-        data=[str(out / "data" / f"{_file_name(n)}.npz") for n in names["train"]],
-        validation_data=[str(out / "data" / f"{_file_name(n)}.npz") for n in names["validation"]],
+        data=[str(reference_file(out / "data", n)) for n in names["train"]],
+        validation_data=[str(reference_file(out / "data", n)) for n in names["validation"]],
         progress=progress,
     )
     return train(
