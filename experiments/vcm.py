@@ -10,7 +10,8 @@ Usage (every stage is resumable; rerun to continue)::
 The stages can run on different machines that share the output folder: references with
 tblite on CPU cores, training on a GPU, the evaluation (predictions, MAE table, T(E) and
 currents, sensitivity maps) anywhere. The config's keys are the fields of
-:class:`hamjax.vcm.VCMConfig`. ``experiments/vcm_default.json`` is the full default run
+:class:`hamjax.vcm.VCMConfig`, given where they differ from its defaults
+(:func:`hamjax.vcm.load_config`). ``experiments/vcm_default.json`` is the full default run
 (the defaults: devices of about 110 atoms, the paper's model, 500 epochs; about 1 h 50 min
 on two CPU cores), ``experiments/vcm_wide.json`` the next size up (2 x 2 TiN cells across, about
 500 atoms: hours of tblite, training on a GPU), and ``hamjax demo`` runs the same pipeline

@@ -273,8 +273,17 @@ def demo_config() -> VCMConfig:
     )
 
 
+SETTINGS_FIELDS = ("device", "tblite", "model", "train")
+
+
 def load_config(path: str | os.PathLike | None) -> VCMConfig:
-    """A :class:`VCMConfig` from a JSON file (None: the defaults); unknown keys are named."""
+    """A :class:`VCMConfig` from a JSON file (None: the defaults); unknown keys are named.
+
+    A file holds what differs from the defaults: top-level keys replace the default, and
+    in the settings objects (``device``, ``tblite``, ``model``, ``train``) each key replaces
+    the default's key, so ``{"train": {"epochs": 1000}}`` keeps the default learning rate.
+    Device mappings (``test_devices``, ``train_devices``) replace the default whole.
+    """
     if path is None:
         return VCMConfig()
     path = Path(path)
@@ -286,6 +295,12 @@ def load_config(path: str | os.PathLike | None) -> VCMConfig:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"{path}: unknown keys {unknown}; known keys are {sorted(known)}")
+    defaults = VCMConfig()
+    for key in SETTINGS_FIELDS:
+        if key in data:
+            if not isinstance(data[key], dict):
+                raise ValueError(f"{path}: {key!r} must be an object of settings")
+            data[key] = {**getattr(defaults, key), **data[key]}
     for key in ("train_seeds",):
         if key in data:
             data[key] = tuple(data[key])

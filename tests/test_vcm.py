@@ -161,6 +161,29 @@ def test_shipped_experiment_configs_load():
     assert load_config(folder / "vcm_default.json").to_dict() == VCMConfig().to_dict()
 
 
+def test_config_files_hold_only_what_differs_from_the_defaults(tmp_path):
+    """A partial settings object keeps the default's other keys; device maps replace whole."""
+    default = VCMConfig()
+    path = tmp_path / "partial.json"
+    path.write_text(
+        json.dumps(
+            {
+                "train": {"epochs": 7},
+                "test_devices": {"F": {"vacancy_mode": "filament"}},
+                "sensitivity_device": "F",
+            }
+        )
+    )
+    config = load_config(path)
+    assert config.train == {**default.train, "epochs": 7}
+    assert config.train["learning_rate"] == default.train["learning_rate"]
+    assert config.device == default.device and config.model == default.model
+    assert list(config.test_devices) == ["F"]
+    path.write_text(json.dumps({"train": [1, 2]}))
+    with pytest.raises(ValueError, match="'train' must be an object"):
+        load_config(path)
+
+
 def test_train_devices_join_the_training_set_as_specified():
     from hamjax.structures import DeviceSpec, build_device
     from hamjax.vcm import TEST_DEVICES, build_devices

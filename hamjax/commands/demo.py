@@ -25,7 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--config",
         type=Path,
         default=None,
-        help="VCM experiment config (JSON; keys of hamjax.vcm.VCMConfig) instead of the demo's",
+        help=(
+            "VCM experiment config instead of the demo's (JSON: what differs from the"
+            " defaults of hamjax.vcm.VCMConfig, not from the demo's)"
+        ),
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
