@@ -164,3 +164,20 @@ def test_experiment_sample_and_label_steps(tmp_path):
     assert written == expected
     i = splits["test"][0]
     assert molecules.frame_file_is_valid(data / f"test/frame_{i:05d}.npz", frames[i])
+
+
+@pytest.mark.parametrize("molecule", ["water", "ethanol"])
+def test_shipped_molecule_configs_match_pyscf_basis(molecule):
+    """The shipped config's model basis is PySCF's def2-SVP for every element of the
+    molecule, and its train section is a valid TrainConfig."""
+    pytest.importorskip("pyscf")
+    from hamjax import train
+    from hamjax.basis import pyscf_basis
+
+    exp = _experiment_module()
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"molecules_{molecule}.json"
+    config = exp.load_experiment(path)
+    assert config["molecule"] == molecule
+    numbers = molecules.make_molecule(molecule).numbers
+    model = train.config_from_dict({**config["train"], "data": ["frame.npz"]}).model
+    assert model.basis.as_dict() == pyscf_basis(config["reference"]["basis"], numbers).as_dict()
