@@ -25,3 +25,19 @@ DATA = Path(__file__).resolve().parent / "data"
 def data_dir() -> Path:
     """Real data files made by other programs (``cp2k/``: CP2K 2023.1 runs, see its README)."""
     return DATA
+
+
+@pytest.fixture(scope="session")
+def experiment():
+    """Loader of a script in ``experiments/`` as a module: ``experiment("molecules")``."""
+    import importlib.util
+
+    folder = Path(__file__).resolve().parents[1] / "experiments"
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"experiments_{name}", folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-
-def _module():
-    path = Path(__file__).resolve().parents[1] / "experiments" / "learning_curve.py"
-    spec = importlib.util.spec_from_file_location("learning_curve", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _write_run(folder, name, run_dir, init_from, steps, validation_meh, test_uha):
@@ -28,10 +18,10 @@ def _write_run(folder, name, run_dir, init_from, steps, validation_meh, test_uha
     (folder / f"mol_{name}_test.json").write_text(json.dumps({"mae_uha": test_uha}))
 
 
-def test_restart_chain_and_power_law_extrapolation(tmp_path):
+def test_restart_chain_and_power_law_extrapolation(tmp_path, experiment):
     """Runs chain by init_from whatever their names; each continues from the previous
     run's best validation step; the fit recovers an exact power law and inverts it."""
-    lc = _module()
+    lc = experiment("learning_curve")
     a, alpha = 4000.0, 0.4
     law = lambda s: a * s**-alpha  # noqa: E731
     # "b" is the root, "a" continues it from its best step (200, not its last, 300).
@@ -52,8 +42,8 @@ def test_restart_chain_and_power_law_extrapolation(tmp_path):
     assert law(fit["steps_to_reach"]["Q"]) == pytest.approx(10.0, rel=1e-9)
 
 
-def test_a_run_continuing_an_unknown_run_is_named(tmp_path):
-    lc = _module()
+def test_a_run_continuing_an_unknown_run_is_named(tmp_path, experiment):
+    lc = experiment("learning_curve")
     _write_run(tmp_path, "x", "x", "missing", [1], [1.0], 1.0)
     with pytest.raises(ValueError, match="'x' continues 'missing'"):
         lc.chains(lc.load_runs(tmp_path, "mol"))

@@ -8,7 +8,6 @@ import os
 # for these 3-atom molecules. Read when tblite's library loads, so set before importing it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -127,17 +126,9 @@ def test_labels_match_pyscf_and_resume(tmp_path):
     assert molecules.frame_file_is_valid(paths[0], frames[0])
 
 
-def _experiment_module():
-    path = Path(__file__).resolve().parents[1] / "experiments" / "molecules.py"
-    spec = importlib.util.spec_from_file_location("molecules_experiment", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_experiment_sample_and_label_steps(tmp_path):
+def test_experiment_sample_and_label_steps(tmp_path, experiment):
     pytest.importorskip("pyscf")
-    exp = _experiment_module()
+    exp = experiment("molecules")
     config = {
         "molecule": "water",
         "data_dir": "data",
@@ -167,14 +158,14 @@ def test_experiment_sample_and_label_steps(tmp_path):
 
 
 @pytest.mark.parametrize("molecule", ["water", "ethanol"])
-def test_shipped_molecule_configs_match_pyscf_basis(molecule):
+def test_shipped_molecule_configs_match_pyscf_basis(molecule, experiment):
     """The shipped config's model basis is PySCF's def2-SVP for every element of the
     molecule, and its train section is a valid TrainConfig."""
     pytest.importorskip("pyscf")
     from hamjax import train
     from hamjax.basis import pyscf_basis
 
-    exp = _experiment_module()
+    exp = experiment("molecules")
     path = Path(__file__).resolve().parents[1] / "experiments" / f"molecules_{molecule}.json"
     config = exp.load_experiment(path)
     assert config["molecule"] == molecule
