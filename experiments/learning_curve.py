@@ -42,11 +42,15 @@ def load_runs(folder: Path, prefix: str) -> dict[str, dict]:
         log = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
         if not log:
             raise ValueError(f"{log_path}: no epochs")
+        test_path, results_path = (
+            folder / f"{prefix}_{name}_test.json",
+            folder / f"{prefix}_{name}.json",
+        )
         test = None
-        if (folder / f"{prefix}_{name}_test.json").exists():
-            test = json.loads((folder / f"{prefix}_{name}_test.json").read_text())
-        elif (folder / f"{prefix}_{name}.json").exists():
-            test = json.loads((folder / f"{prefix}_{name}.json").read_text()).get("metrics")
+        if test_path.exists():
+            test = json.loads(test_path.read_text())
+        elif results_path.exists():
+            test = json.loads(results_path.read_text()).get("metrics")
         runs[name] = {"config": json.loads(path.read_text()), "log": log, "test": test}
     if not runs:
         raise FileNotFoundError(f"{folder}: no {prefix}_*_config.json with a _log.jsonl")
@@ -113,7 +117,8 @@ def fit_power_law(steps, mae) -> tuple[float, float]:
 
 
 def summarise(curves: list[dict], published: dict, fit_last: int) -> dict:
-    ends = [(c["end_step"], c["test_mae_uha"]) for c in curves if c["test_mae_uha"] is not None]
+    tested = [c for c in curves if c["test_mae_uha"] is not None]
+    ends = [(c["end_step"], c["test_mae_uha"]) for c in tested]
     summary = {
         "runs": [
             {k: c[k] for k in ("run", "start_step", "end_step", "test_mae_uha")} for c in curves
@@ -123,7 +128,7 @@ def summarise(curves: list[dict], published: dict, fit_last: int) -> dict:
         used = ends[-fit_last:]
         a, alpha = fit_power_law(*zip(*used, strict=True))
         summary["power_law"] = {
-            "fitted_runs": [c["run"] for c in curves if c["test_mae_uha"] is not None][-fit_last:],
+            "fitted_runs": [c["run"] for c in tested][-fit_last:],
             "a_uha": a,
             "alpha": alpha,
             "steps_to_reach": {
@@ -190,7 +195,7 @@ def main(argv=None) -> int:
     all_curves = [curve(runs, chain) for chain in found]
     published = next(iter(runs.values()))["config"].get("published", {})
     summary = summarise(all_curves[0], published, args.fit_last)
-    summary["other_chains"] = [chain for chain in found[1:]]
+    summary["other_chains"] = found[1:]
     plot(
         all_curves, summary, published, f"{args.prefix}: validation (lines), test (dots)", args.out
     )
