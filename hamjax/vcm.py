@@ -25,8 +25,10 @@ Outputs in the run folder: ``table.md`` and ``table.json`` (the paper's Table I)
 percentiles), ``error_profile.png`` and ``.json`` (the MAE in 2 A slabs along the
 transport axis, :func:`error_profile`), ``transmission.png`` (T(E) of reference and
 prediction, bias window marked, and the reference electrodes' open channels),
-``device_<name>.png``, ``sensitivity.png``, ``timings.json``, ``data/`` (dataset files) and
-``model/`` (checkpoints).
+``transmission.json`` (those curves, :func:`transmission_data`), ``device_<name>.png``,
+``sensitivity.png`` and ``.json`` (the device coloured by each atom's sensitivity, and the
+same along the transport axis; the per-atom values), ``timings.json``, ``data/`` (dataset
+files) and ``model/`` (checkpoints).
 
 Fermi levels: both currents use the Fermi level of the electrodes at their temperature:
 the level at which the lead-cell atoms hold the Mulliken population they have in the
@@ -923,8 +925,13 @@ def plot_transmission(results: Mapping[str, Mapping], bias: float, path: Path) -
     plt.close(fig)
 
 
+_ELEMENT_COLOURS = {"Ti": "tab:gray", "N": "tab:blue", "Hf": "tab:purple", "O": "tab:red"}
+
+
 def plot_sensitivity(atoms, values: Mapping[str, np.ndarray], path: Path, title: str) -> None:
-    """Atoms in the x-y projection coloured by each sensitivity (log scale), one row each."""
+    """Each sensitivity twice: the device seen along z with its atoms coloured by it, and its
+    value per atom along the transport axis by element (log scales, the same colour range);
+    the stack's layers (``atoms.info["layers"]``) shaded and the O vacancies marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -932,32 +939,60 @@ def plot_sensitivity(atoms, values: Mapping[str, np.ndarray], path: Path, title:
     from matplotlib.colors import LogNorm
 
     positions = atoms.positions
-    fig, axes = plt.subplots(len(values), 1, figsize=(11, 2.6 * len(values)), squeeze=False)
-    for ax, (label, v) in zip(axes[:, 0], values.items(), strict=True):
+    elements = np.array(atoms.get_chemical_symbols())
+    vac = np.asarray(atoms.info.get("vacancies", np.zeros((0, 3)))).reshape(-1, 3)
+    layers = atoms.info.get("layers", {})
+    shade = {"hfo2": "tab:orange", "ti": "tab:green"}
+    fig, axes = plt.subplots(
+        2 * len(values), 1, figsize=(11, 2.4 * 2 * len(values)), sharex=True, layout="constrained"
+    )
+    for k, (label, v) in enumerate(values.items()):
+        device_ax, profile_ax = axes[2 * k], axes[2 * k + 1]
         v = np.abs(np.asarray(v))
-        floor = max(v.max() * 1e-4, 1e-300)
-        order = np.argsort(v)
-        sc = ax.scatter(
+        positive = v[v > 0]
+        # from the 2nd percentile: a few near-zero atoms would flatten the rest of the scale
+        vmax = max(v.max(), 1e-300)
+        floor = max(np.percentile(positive, 2) if len(positive) else vmax, vmax * 1e-4)
+        norm = LogNorm(vmin=floor, vmax=max(vmax, floor * 10))
+        order = np.argsort(v)  # the most sensitive atoms drawn last, on top
+        sc = device_ax.scatter(
             positions[order, 0],
             positions[order, 1] + 0.15 * positions[order, 2],
             c=np.maximum(v[order], floor),
             cmap="viridis",
-            norm=LogNorm(vmin=floor, vmax=max(v.max(), floor * 10)),
+            norm=norm,
             s=40,
             edgecolors="k",
             linewidths=0.3,
         )
-        vac = np.asarray(atoms.info.get("vacancies", np.zeros((0, 3)))).reshape(-1, 3)
+        device_ax.set_ylabel("y + 0.15 z (A)")
+        for symbol in sorted(set(elements)):
+            mine = elements == symbol
+            profile_ax.semilogy(
+                positions[mine, 0],
+                np.maximum(v[mine], floor),
+                "o",
+                ms=4,
+                color=_ELEMENT_COLOURS.get(symbol),
+                label=symbol,
+            )
+        profile_ax.set_ylim(floor / 2, norm.vmax * 2)
+        profile_ax.set_ylabel(label.split(" per atom")[0])
+        for ax in (device_ax, profile_ax):
+            for layer, (x0, x1, *_) in layers.items():
+                if layer.lower() in shade:
+                    ax.axvspan(x0, x1, color=shade[layer.lower()], alpha=0.1, lw=0)
         if len(vac):
-            ax.scatter(
+            device_ax.scatter(
                 vac[:, 0], vac[:, 1] + 0.15 * vac[:, 2], marker="x", c="r", s=30, label="O vacancy"
             )
-            ax.legend(loc="upper right", fontsize=8)
-        fig.colorbar(sc, ax=ax, label=label)
-        ax.set_ylabel("y + 0.15 z (A)")
-    axes[-1, 0].set_xlabel("x, transport axis (A)")
-    axes[0, 0].set_title(title)
-    fig.tight_layout()
+            device_ax.legend(loc="upper right", fontsize=8)
+            for x in vac[:, 0]:
+                profile_ax.axvline(x, color="r", lw=0.5, ls=":")
+        profile_ax.legend(loc="upper right", fontsize=8, ncol=len(set(elements)))
+        fig.colorbar(sc, ax=[device_ax, profile_ax], label=label)
+    axes[-1].set_xlabel("x, transport axis (A); shaded: HfO2 (orange), Ti (green)")
+    axes[0].set_title(title)
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
@@ -1025,19 +1060,36 @@ def sensitivity_maps(
                 "finite_difference_A_per_angstrom": (plus - minus) / (2 * step),
             }
         )
+    name = record.metadata.get("name", "the device")
     plot_sensitivity(
         atoms,
         {"|dI/dH| per atom (A/eV)": per_atom_h, "|dI/dR| per atom (A/A)": norms},
         out / "sensitivity.png",
-        title=f"Current sensitivity of {record.metadata.get('name', 'the device')}",
+        title=f"Current sensitivity of {name}",
     )
-    return {
+    summary = {
         "current_from_predicted_H_A": float(current_h),
         "current_through_model_A": float(current_r),
         "most_sensitive_atoms_dI_dH": [int(a) for a in np.argsort(per_atom_h)[::-1][:5]],
         "most_sensitive_atoms_dI_dR": [int(a) for a in np.argsort(norms)[::-1][:5]],
         "finite_difference_check": checks,
     }
+    # the per-atom values behind the figure, in the device's atom order
+    _write_json(
+        out / "sensitivity.json",
+        {
+            "device": name,
+            **summary,
+            "elements": atoms.get_chemical_symbols(),
+            "positions_angstrom": np.asarray(atoms.positions).tolist(),
+            "vacancies_angstrom": np.asarray(atoms.info.get("vacancies", np.zeros((0, 3))))
+            .reshape(-1, 3)
+            .tolist(),
+            "sum_abs_dI_dH_per_atom_A_per_eV": np.asarray(per_atom_h).tolist(),
+            "dI_dR_A_per_angstrom": np.asarray(grad_r).tolist(),
+        },
+    )
+    return summary
 
 
 # ---------------------------------------------------------------------------- pipeline
@@ -1072,6 +1124,37 @@ def _markdown_table(rows: list[dict]) -> str:
     lines.append("")
     lines.append(f"Grid check, I on a coarser grid / I (reference / predicted): {checks}.")
     return "\n".join(lines) + "\n"
+
+
+def transmission_data(transport: Mapping[str, Mapping]) -> dict:
+    """The curves of ``transmission.png`` as JSON-ready lists.
+
+    Per test device and curve (``reference``, ``prediction`` and, where computed,
+    ``prediction_reference_leads``): the energies (eV, on the energy zero the Hamiltonians
+    were transported on), T(E), the curve's Fermi level (eV) and its currents (A) on the whole
+    grid and on the coarser one; for the reference, the open channels of its leads at
+    ``lead_channel_energies_eV``. ``prediction_leads`` names the leads of ``prediction``.
+    """
+    out = {}
+    for name, curves in transport.items():
+        out[name] = {"prediction_leads": curves["prediction_leads"]}
+        for which, result in curves.items():
+            if which == "prediction_leads":
+                continue
+            entry = {
+                "fermi_level_eV": float(result["fermi_level"]),
+                "current_A": float(result["current"]),
+                "current_coarse_grid_A": float(result["current_coarse"]),
+                "energies_eV": np.asarray(result["energies"]).tolist(),
+                "transmission": np.asarray(result["transmission"]).tolist(),
+            }
+            if result.get("lead_channels") is not None:
+                entry["lead_channel_energies_eV"] = np.asarray(
+                    result["lead_channel_energies"]
+                ).tolist()
+                entry["lead_channels"] = np.asarray(result["lead_channels"]).tolist()
+            out[name][which] = entry
+    return out
 
 
 def _write_json(path: Path, data) -> None:
@@ -1306,6 +1389,7 @@ def evaluate_stage(
     plot_error_profile(profiles, out / "error_profile.png")
     _write_json(out / "error_profile.json", profiles)
     plot_transmission(transport, config.bias_volt, out / "transmission.png")
+    _write_json(out / "transmission.json", transmission_data(transport))
     (out / "table.md").write_text(_markdown_table(rows))
     _write_json(out / "table.json", rows)
 

@@ -338,6 +338,37 @@ def test_experiment_end_to_end_is_consistent(tmp_path):
     assert check["finite_difference_A_per_angstrom"] == pytest.approx(
         check["analytic_A_per_angstrom"], rel=0.02
     )
+    # the saved per-atom dI/dR: H depends on relative positions only, so moving every atom
+    # alike changes nothing and the forces on the current sum to zero
+    saved = json.loads((tmp_path / "sensitivity.json").read_text())
+    grad_r = np.asarray(saved["dI_dR_A_per_angstrom"])
+    assert grad_r.shape == (len(saved["elements"]), 3)
+    assert np.abs(grad_r.sum(axis=0)).max() < 1e-8 * np.linalg.norm(grad_r, axis=1).max()
+    assert np.linalg.norm(grad_r[check["atom"]]) == pytest.approx(
+        check["analytic_A_per_angstrom"], rel=1e-12
+    )
+
+    # the saved T(E) curves integrate to the table's currents
+    from hamjax.transport import current
+
+    curves = json.loads((tmp_path / "transmission.json").read_text())["Filament 1"]
+    for which, key in (
+        ("reference", "current_ref_A"),
+        ("prediction", "current_pred_A"),
+        ("prediction_reference_leads", "current_pred_reference_leads_A"),
+    ):
+        curve = curves[which]
+        again = current(
+            np.asarray(curve["energies_eV"]),
+            np.asarray(curve["transmission"]),
+            config.bias_volt,
+            fermi_level=curve["fermi_level_eV"],
+            temperature=config.temperature_k,
+        )
+        assert float(again) == pytest.approx(row[key], rel=1e-12), which
+    assert len(curves["reference"]["lead_channels"]) == len(
+        curves["reference"]["lead_channel_energies_eV"]
+    )
 
 
 def test_alignment_removes_a_constant_potential_exactly():

@@ -7,9 +7,9 @@ equivariant model on slices, predicts the test devices, and compares the current
 from predicted and reference Hamiltonians, with the electrodes' open channels at E_F.
 
 Writes to --out: table.md / table.json (MAE and currents per test device), summary.json,
-errors.png, error_profile.png (the H error along the device), transmission.png,
-sensitivity.png, device_*.png, timings.json. Runs are resumable: references and
-checkpoints already in --out are reused.
+errors.png, error_profile.png (the H error along the device), transmission.png and .json
+(the T(E) curves), sensitivity.png and .json (per-atom dI/dH and dI/dR), device_*.png,
+timings.json. Runs are resumable: references and checkpoints already in --out are reused.
 """
 
 from __future__ import annotations
@@ -41,6 +41,6 @@ def run(args) -> int:
     summary = vcm.run_experiment(config, args.out, progress=not args.quiet, echo=echo)
     print((args.out / "table.md").read_text())
     print(json.dumps(summary["devices"], indent=2))
-    figures = "errors.png, error_profile.png, transmission.png"
+    figures = "errors.png, error_profile.png, transmission.png, sensitivity.png"
     print(f"results in {args.out}/ (table.md, summary.json, {figures})")
     return 0
