@@ -998,6 +998,21 @@ def plot_sensitivity(atoms, values: Mapping[str, np.ndarray], path: Path, title:
 
 
 # --------------------------------------------------------------------------- sensitivity
+def region_shares(atoms, values) -> dict[str, float]:
+    """Each region's share of ``sum(|values|)`` over the atoms (``atoms.arrays["region"]``:
+    TiN_left, HfO2, Ti, TiN_right for the built devices), with its atom count beside it."""
+    values = np.abs(np.asarray(values, float))
+    regions = np.asarray(atoms.arrays.get("region", np.full(len(atoms), "all")))
+    total = values.sum()
+    return {
+        str(r): {
+            "share": float(values[regions == r].sum() / total) if total > 0 else 0.0,
+            "atoms": int(np.sum(regions == r)),
+        }
+        for r in dict.fromkeys(regions.tolist())
+    }
+
+
 def sensitivity_maps(
     predictor,
     record,
@@ -1072,6 +1087,10 @@ def sensitivity_maps(
         "current_through_model_A": float(current_r),
         "most_sensitive_atoms_dI_dH": [int(a) for a in np.argsort(per_atom_h)[::-1][:5]],
         "most_sensitive_atoms_dI_dR": [int(a) for a in np.argsort(norms)[::-1][:5]],
+        "share_by_region": {
+            "sum_abs_dI_dH": region_shares(atoms, per_atom_h),
+            "abs_dI_dR": region_shares(atoms, norms),
+        },
         "finite_difference_check": checks,
     }
     # the per-atom values behind the figure, in the device's atom order

@@ -428,3 +428,21 @@ def test_references_at_another_electronic_temperature_are_refused():
     _check_temperatures({"train-1": same, "Broken 1": same}, 0.06)
     with pytest.raises(ValueError, match=r"Broken 2: 0\.12 Ha"):
         _check_temperatures({"train-1": same, "Broken 2": hot}, 0.06)
+
+
+def test_region_shares_split_the_sum_over_the_stack():
+    """Shares of a per-atom quantity by region: they sum to one, follow the values exactly,
+    and count each region's atoms (the oxide's atoms carry a known fraction here)."""
+    from hamjax.vcm import build_devices, demo_config, region_shares
+
+    atoms = build_devices(demo_config())["Filament 1"]["atoms"]
+    regions = atoms.arrays["region"]
+    values = np.where(regions == "HfO2", 3.0, 1.0) * np.sign(np.arange(len(atoms)) % 2 - 0.5)
+    shares = region_shares(atoms, values)
+    assert list(shares) == ["TiN_left", "HfO2", "Ti", "TiN_right"]  # in order along x
+    n_oxide = int(np.sum(regions == "HfO2"))
+    assert shares["HfO2"]["atoms"] == n_oxide
+    assert sum(v["atoms"] for v in shares.values()) == len(atoms)
+    expected = 3.0 * n_oxide / (3.0 * n_oxide + len(atoms) - n_oxide)
+    assert shares["HfO2"]["share"] == pytest.approx(expected, rel=1e-12)
+    assert sum(v["share"] for v in shares.values()) == pytest.approx(1.0, rel=1e-12)
