@@ -42,8 +42,10 @@ __all__ = [
     "Graph",
     "build_graph",
     "fold_gamma",
+    "gamma_folded_cells",
     "gather_targets",
     "max_orbitals",
+    "multi_image_translations",
     "reverse_index",
     "PADDING_EDGE_VECTOR",
 ]
@@ -398,6 +400,39 @@ class BlockTargets:
 def _is_gamma_only(record) -> bool:
     """A periodic record that holds zero shifts only is a Gamma-point matrix."""
     return bool(np.asarray(record.pbc).any() and not np.asarray(record.shifts).any())
+
+
+def multi_image_translations(structure, cutoff: float) -> tuple[float, ...]:
+    """Lengths (Angstrom, rounded to 0.1, sorted) of the lattice translations of
+    ``structure`` (periodic axes only) shorter than twice ``cutoff``.
+
+    These are the translations under which two atoms, or an atom and itself, meet more than
+    once within the cutoff: the images that a Gamma-point reference of this cell sums into one
+    block (:func:`gather_targets`). Empty for a molecule and for a cell at least two cutoffs
+    across along every periodic axis. Two cells with different translations fold differently,
+    so a model trained on the Gamma-folded blocks of one has learnt its image blocks only as
+    those sums and does not transfer to the other (:class:`hamjax.inference.Predictor` warns).
+    """
+    _, _, cell, pbc = _structure_arrays(structure)
+    axes = np.flatnonzero(pbc)
+    if not len(axes):
+        return ()
+    reach = 2.0 * float(cutoff)
+    # multiples needed along each axis: the reach over the spacing of that axis' lattice planes
+    reciprocal = np.linalg.inv(cell)  # cell @ reciprocal = 1: column k is normal to planes k
+    counts = np.ceil(reach * np.linalg.norm(reciprocal[:, axes], axis=0)).astype(int)
+    grids = np.meshgrid(*[np.arange(-n, n + 1) for n in counts], indexing="ij")
+    multiples = np.stack([g.ravel() for g in grids], axis=1)  # [n, len(axes)]
+    lengths = np.linalg.norm(multiples @ cell[axes], axis=1)
+    keep = (lengths > 1e-9) & (lengths < reach)
+    return tuple(float(v) for v in np.sort(np.round(lengths[keep], 1)))
+
+
+def gamma_folded_cells(records, cutoff: float) -> list[tuple[float, ...]]:
+    """The distinct :func:`multi_image_translations` of the Gamma-only periodic records among
+    ``records`` that fold several images into a block (an empty list when none does)."""
+    found = {multi_image_translations(r, cutoff) for r in records if _is_gamma_only(r)}
+    return sorted(found - {()})
 
 
 def gather_targets(

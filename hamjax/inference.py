@@ -115,6 +115,8 @@ class Predictor:
         self.params = jax.device_put(params)
         self.name = name
         self.n_traces = 0
+        #: multi-image translations of the Gamma-folded training cells (see check_cells)
+        self.folded_cells: list[tuple[float, ...]] = []
         dtype = jnp.dtype(model_config.dtype)
 
         def forward(params, graph):
@@ -129,11 +131,55 @@ class Predictor:
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, which: str = "best") -> Predictor:
-        """From a folder written by :func:`hamjax.train.train`."""
-        from hamjax.train import load_checkpoint
+        """From a folder written by :func:`hamjax.train.train` (with the cells its training
+        set folds, for :meth:`check_cells`, where the folder records them)."""
+        import json
+
+        from hamjax.train import FOLDED_CELLS_FILE, load_checkpoint
 
         config, params, _ = load_checkpoint(model_dir, which)
-        return cls(config.model, params, name=str(model_dir))
+        predictor = cls(config.model, params, name=str(model_dir))
+        folded = Path(model_dir) / FOLDED_CELLS_FILE
+        if folded.exists():
+            cells = json.loads(folded.read_text())["multi_image_translations_angstrom"]
+            predictor.folded_cells = [tuple(c) for c in cells]
+        return predictor
+
+    def check_cells(self, structures: Iterable) -> list[int]:
+        """Warn for each structure whose cell folds periodic images unlike the training set's.
+
+        A model trained on Gamma-point references of cells thinner than twice its cutoff
+        (``folded_cells``, from the model folder) has learnt each block only as a sum over
+        that cell's images (:func:`hamjax.graph.multi_image_translations`); its blocks for a
+        cell with other short translations, a wider device or a molecule, are not reliable.
+        Measured: the full default VCM run's model, trained one TiN cell (4.24 A) across,
+        on the same filament device 2 x 2 cells across (``experiments/vcm_folding.py``).
+
+        Returns:
+            The indices of the structures warned about.
+        """
+        import warnings
+
+        from hamjax.graph import multi_image_translations
+
+        if not self.folded_cells:
+            return []
+        flagged = []
+        for index, structure in enumerate(structures):
+            own = multi_image_translations(structure, self.config.cutoff)
+            if own not in self.folded_cells:
+                flagged.append(index)
+                shortest = sorted({c[0] for c in self.folded_cells})
+                warnings.warn(
+                    f"structure {index}: the model was trained on Gamma-point references of "
+                    f"cells whose images fold into its blocks (shortest lattice translation "
+                    f"{', '.join(f'{v:g}' for v in shortest)} A, cutoff {self.config.cutoff:g} "
+                    f"A) and learnt each block only as a sum over those images; this cell "
+                    f"({own[0] if own else 'none'} A shortest translation below twice the "
+                    "cutoff) folds differently, so its predicted blocks are not reliable",
+                    stacklevel=3,
+                )
+        return flagged
 
     def apply(self, graphs_tuple) -> tuple[jax.Array, jax.Array]:
         """Blocks of one padded batch (device arrays; call ``block_until_ready`` to time)."""
@@ -183,6 +229,7 @@ class Predictor:
         if slices not in (None, "exact"):
             raise ValueError(f"slices={slices!r}: choose None (full graph) or 'exact'")
         structures = list(structures)
+        self.check_cells(structures)
         graphs = []
         for index, atoms in enumerate(structures):
             try:

@@ -1027,6 +1027,19 @@ def _with_parameters_from(state: TrainState, config: TrainConfig) -> TrainState:
     return dataclasses.replace(state, params=params)
 
 
+FOLDED_CELLS_FILE = "folded_cells.json"
+
+
+def save_folded_cells(out: Path, records, cutoff: float) -> None:
+    """Write which cells the training set folds (:func:`hamjax.graph.gamma_folded_cells`) to
+    ``out/folded_cells.json``, where :class:`hamjax.inference.Predictor` looks for it."""
+    from hamjax.graph import gamma_folded_cells
+
+    cells = [list(c) for c in gamma_folded_cells(records, cutoff)]
+    data = {"cutoff_angstrom": float(cutoff), "multi_image_translations_angstrom": cells}
+    write_text(Path(out) / FOLDED_CELLS_FILE, json.dumps(data) + "\n")
+
+
 def train(
     config: TrainConfig,
     out_dir: str | os.PathLike,
@@ -1065,6 +1078,7 @@ def train(
     save_config(config, out / "config.json")
 
     train_records, val_records = records if records is not None else load_split(config)
+    save_folded_cells(out, train_records, config.model.cutoff)
     train_batches = make_batches(train_records, config)
     val_batches = make_batches(val_records, config) if val_records else train_batches
     placement = _Placement(config.data_parallel)

@@ -280,3 +280,25 @@ def test_reverse_index_and_record_input():
     keep = np.arange(graph.n_edge) != drop
     rev = reverse_index(graph.senders[keep], graph.receivers[keep], graph.shifts[keep], 3)
     assert rev[0] == -1 and (rev[1:] >= 0).all()
+
+
+def test_multi_image_translations_match_a_brute_force_search():
+    """The translations shorter than twice the cutoff of a skewed cell periodic along two
+    axes equal those of a search over a much larger range of multiples; a molecule and a
+    cell two cutoffs wide have none."""
+    from ase import Atoms
+
+    from hamjax.graph import multi_image_translations
+
+    cell = np.array([[20.0, 0.0, 0.0], [1.3, 3.1, 0.0], [0.4, -1.7, 4.4]])
+    atoms = Atoms("H", positions=[[1.0, 1.0, 1.0]], cell=cell, pbc=[False, True, True])
+    cutoff = 5.0
+    n = np.arange(-12, 13)
+    multiples = np.stack(np.meshgrid(n, n, indexing="ij"), axis=-1).reshape(-1, 2)
+    lengths = np.linalg.norm(multiples @ cell[1:], axis=1)
+    expected = np.sort(np.round(lengths[(lengths > 0) & (lengths < 2 * cutoff)], 1))
+    assert multi_image_translations(atoms, cutoff) == tuple(expected)
+    assert len(expected) > 10
+    assert multi_image_translations(Atoms("H2", positions=[[0, 0, 0], [0.7, 0, 0]]), 5.0) == ()
+    wide = Atoms("H", cell=np.diag([10.0, 10.0, 10.0]), pbc=True)
+    assert multi_image_translations(wide, 5.0) == ()

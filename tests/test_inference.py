@@ -203,3 +203,35 @@ def test_predict_cli_writes_dataset_and_cp2k(tmp_path):
     np.testing.assert_allclose(again.to_dense("overlap"), record.to_dense("overlap"), atol=1e-12)
     summary = json.loads((tmp_path / "model" / "log.jsonl").read_text().splitlines()[0])
     assert summary["epoch"] == 1
+
+
+def test_cells_folded_unlike_the_training_set_are_flagged(tmp_path):
+    """A model trained on Gamma-folded cells 4.2 A across (images within its cutoff) warns
+    for a cell 8.4 A across and for a molecule, and not for another cell like its own."""
+    import warnings
+
+    from test_two_terminal import periodic_chain
+
+    from hamjax.inference import Predictor
+    from hamjax.train import FOLDED_CELLS_FILE, save_folded_cells
+
+    # a Gamma-only chain with a 4.2 A period and one with explicit image shifts: only the
+    # first folds images, so only its cell is recorded
+    folded = periodic_chain(6, spacing=0.7, folded=True)
+    unfolded = periodic_chain(12, spacing=0.7)
+    save_folded_cells(tmp_path, [folded, unfolded], cutoff=3.0)
+    saved = json.loads((tmp_path / FOLDED_CELLS_FILE).read_text())
+    assert saved["multi_image_translations_angstrom"] == [[4.2, 4.2]]  # +-4.2; 8.4 > 2 x 3
+
+    bare = Predictor(_model_config(), {})  # cutoff 3 A; no parameters needed for the check
+    bare.folded_cells = [tuple(c) for c in saved["multi_image_translations_angstrom"]]
+    same = folded.replace(positions=folded.positions + 0.05)
+    wider = periodic_chain(12, spacing=0.7, folded=True)
+    molecule = Atoms(numbers=[8, 1, 1], positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert bare.check_cells([same, wider, molecule]) == [1, 2]
+    assert len(caught) == 2 and "structure 1" in str(caught[0].message)
+    assert "not reliable" in str(caught[1].message)
+    bare.folded_cells = []  # trained on unfolded references: nothing to warn about
+    assert bare.check_cells([wider, molecule]) == []
