@@ -146,7 +146,16 @@ def thermal_frames(
     """
     from ase import units
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.md.velocitydistribution import Stationary
+
+    try:  # ASE >= 3.29; MaxwellBoltzmannDistribution calls it and is deprecated there
+        from ase.md.velocitydistribution import thermalize_momenta
+    except ImportError:
+        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as _mb
+
+        def thermalize_momenta(atoms, temperature_K, *, rng):
+            _mb(atoms, temperature_K=temperature_K, rng=rng)
+
     from tblite.ase import TBLite
 
     settings = settings or SamplingSettings()
@@ -157,7 +166,7 @@ def thermal_frames(
     work = atoms.copy()
     work.calc = TBLite(method=settings.method, verbosity=0)
     rng = np.random.default_rng(settings.seed)
-    MaxwellBoltzmannDistribution(work, temperature_K=settings.temperature_k, rng=rng)
+    thermalize_momenta(work, settings.temperature_k, rng=rng)
     Stationary(work)
     dyn = Langevin(
         work,
