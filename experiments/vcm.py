@@ -12,7 +12,7 @@ tblite on CPU cores, training on a GPU, the evaluation (predictions, MAE table, 
 currents, sensitivity maps) anywhere. The config's keys are the fields of
 :class:`hamjax.vcm.VCMConfig`, given where they differ from its defaults
 (:func:`hamjax.vcm.load_config`). ``experiments/vcm_default.json`` is the full default run
-(the defaults: devices of about 110 atoms, the paper's model, 500 epochs; about 1 h 50 min
+(the defaults: devices of about 110 atoms, the paper's model, 500 epochs; about 2 h
 on two CPU cores), ``experiments/vcm_wide.json`` the next size up (2 x 2 TiN cells across, about
 500 atoms: hours of tblite, training on a GPU), and ``hamjax demo`` runs the same pipeline
 on :func:`hamjax.vcm.demo_config`. Outputs: see :mod:`hamjax.vcm`.
