@@ -172,13 +172,14 @@ class Predictor:
             if own not in self.folded_cells:
                 flagged.append(index)
                 shortest = sorted({c[0] for c in self.folded_cells})
+                mine = f"shortest translation {own[0]:g} A" if own else "no translation"
                 warnings.warn(
                     f"structure {index}: the model was trained on Gamma-point references of "
                     f"cells whose images fold into its blocks (shortest lattice translation "
                     f"{', '.join(f'{v:g}' for v in shortest)} A, cutoff {self.config.cutoff:g} "
                     f"A) and learnt each block only as a sum over those images; this cell "
-                    f"({own[0] if own else 'none'} A shortest translation below twice the "
-                    "cutoff) folds differently, so its predicted blocks are not reliable",
+                    f"({mine} below twice the cutoff) folds differently, so its predicted "
+                    "blocks are not reliable",
                     stacklevel=3,
                 )
         return flagged
