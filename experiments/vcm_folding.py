@@ -45,10 +45,11 @@ def images_per_block(predicted, folded) -> np.ndarray:
 
 def by_image_count(folded, on_pairs, images: np.ndarray) -> list[dict]:
     """MAE and mean |H_ref| (meV) of node and edge blocks grouped by their image count."""
+    from hamjax.vcm import block_sums
+
     sizes = np.diff(folded.block_offsets)
-    block = np.repeat(np.arange(len(sizes)), sizes)
-    error = np.bincount(block, np.abs(folded.hamiltonian - on_pairs.hamiltonian), len(sizes))
-    size = np.bincount(block, np.abs(on_pairs.hamiltonian), len(sizes))
+    error = block_sums(folded, np.abs(folded.hamiltonian - on_pairs.hamiltonian))
+    size = block_sums(on_pairs, np.abs(on_pairs.hamiltonian))
     is_node = folded.pairs[:, 0] == folded.pairs[:, 1]
     rows = []
     for part, mask in (("node", is_node), ("edge", ~is_node)):
@@ -87,24 +88,25 @@ def evaluate(predictor, records: dict) -> dict:
     return out
 
 
-def wider_references(config, run: Path, cells: tuple[int, int], names: list[str]) -> dict:
-    """The config's test devices ``names`` built ``cells`` TiN cells across, with their
-    (cached) tblite references, aligned as the experiment aligns its own."""
+def device_references(config, folder: Path, names: list[str], cells=None) -> dict:
+    """The config's test devices ``names`` (``cells`` TiN cells across, if given) with their
+    tblite references in ``folder`` (reused when they match, computed otherwise), aligned
+    as the experiment aligns its own."""
     from hamjax import vcm
 
-    wide = dataclasses.replace(
+    chosen = dataclasses.replace(
         config,
-        device={**config.device, "transverse_cells": tuple(cells)},
         test_devices={n: config.test_devices[n] for n in names},
         train_devices={},
         sensitivity_device="",
     )
-    devices = {n: d for n, d in vcm.build_devices(wide).items() if d["role"] == "test"}
-    folder = run / f"data_{cells[0]}x{cells[1]}"
-    records = vcm.compute_references(devices, folder, wide.tblite, progress=True)["records"]
-    if wide.align_to_electrode_fermi_level:
-        records = {n: vcm.align_to_electrodes(r, wide)[0] for n, r in records.items()}
-    return records
+    if cells is not None:
+        chosen = dataclasses.replace(
+            chosen, device={**config.device, "transverse_cells": tuple(cells)}
+        )
+    devices = {n: d for n, d in vcm.build_devices(chosen).items() if d["role"] == "test"}
+    records = vcm.compute_references(devices, folder, chosen.tblite, progress=True)["records"]
+    return vcm.aligned(records, chosen)
 
 
 def main(argv=None) -> int:
@@ -127,23 +129,17 @@ def main(argv=None) -> int:
     unknown = sorted(set(names) - set(config.test_devices))
     if unknown:
         parser.error(f"not test devices of {args.config}: {unknown}")
+    missing = [n for n in names if not vcm.reference_file(args.run / "data", n).exists()]
+    if missing:
+        parser.error(f"{args.run / 'data'}: no reference of {missing} (run that stage first)")
     predictor = Predictor.load(args.run / "model")
-    records = {}
-    for name in names:
-        path = vcm.reference_file(args.run / "data", name)
-        if not path.exists():
-            parser.error(f"{path}: no reference (run the references stage first)")
-        from hamjax.io import dataset
-
-        record = dataset.load(path)
-        if config.align_to_electrode_fermi_level:
-            record = vcm.align_to_electrodes(record, config)[0]
-        records[name] = record
+    records = device_references(config, args.run / "data", names)
     result = {"run": str(args.run), "model_cutoff_angstrom": predictor.config.cutoff}
     result["as_trained"] = evaluate(predictor, records)
     if args.cells:
         t0 = time.perf_counter()
-        wide = wider_references(config, args.run, tuple(args.cells), names)
+        folder = args.run / f"data_{args.cells[0]}x{args.cells[1]}"
+        wide = device_references(config, folder, names, args.cells)
         result["references_s"] = time.perf_counter() - t0
         result[f"cells_{args.cells[0]}x{args.cells[1]}"] = evaluate(predictor, wide)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -166,12 +166,12 @@ class Predictor:
 
         if not self.folded_cells:
             return []
+        shortest = sorted({c[0] for c in self.folded_cells})
         flagged = []
         for index, structure in enumerate(structures):
             own = multi_image_translations(structure, self.config.cutoff)
             if own not in self.folded_cells:
                 flagged.append(index)
-                shortest = sorted({c[0] for c in self.folded_cells})
                 mine = f"shortest translation {own[0]:g} A" if own else "no translation"
                 warnings.warn(
                     f"structure {index}: the model was trained on Gamma-point references of "

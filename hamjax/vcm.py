@@ -479,6 +479,12 @@ def entry_errors(folded, on_pairs) -> dict[str, np.ndarray]:
     return {"node": error[is_node], "edge": error[~is_node], "total": error}
 
 
+def block_sums(record, values: np.ndarray) -> np.ndarray:
+    """``values`` (one per stored entry of ``record``, e.g. ``|H error|``) summed per block."""
+    sizes = np.diff(record.block_offsets)
+    return np.bincount(np.repeat(np.arange(len(sizes)), sizes), values, len(sizes))
+
+
 def atom_errors(folded, on_pairs) -> tuple[np.ndarray, np.ndarray]:
     """Sum of |H error| (Hartree) and number of entries per atom.
 
@@ -486,8 +492,7 @@ def atom_errors(folded, on_pairs) -> tuple[np.ndarray, np.ndarray]:
     block counts once. Inputs are :func:`fold_prediction`'s two records.
     """
     sizes = np.diff(folded.block_offsets)
-    block = np.repeat(np.arange(len(sizes)), sizes)
-    per_block = np.bincount(block, np.abs(folded.hamiltonian - on_pairs.hamiltonian), len(sizes))
+    per_block = block_sums(folded, np.abs(folded.hamiltonian - on_pairs.hamiltonian))
     i, j = folded.pairs.T
     other = i != j
     n = len(folded.numbers)
@@ -645,6 +650,14 @@ def _electrodes(record, device, config: VCMConfig) -> dict:
         "kt_hartree": kt_hartree,
         "fermi_level": electrode_fermi_level(levels, weights, population, kt_hartree),
     }
+
+
+def aligned(records: Mapping, config: VCMConfig) -> dict:
+    """``records`` (name -> record) on the experiment's energy zero: each aligned to its
+    electrodes' Fermi level (:func:`align_to_electrodes`) where the config asks for it."""
+    if not config.align_to_electrode_fermi_level:
+        return dict(records)
+    return {name: align_to_electrodes(r, config)[0] for name, r in records.items()}
 
 
 def align_to_electrodes(record, config: VCMConfig):
@@ -829,6 +842,10 @@ def _material(elements: list[str]) -> str:
     return "HfO2" if "O" in elements else ""
 
 
+#: shading of the stack's non-electrode layers in the figures (TiN unshaded)
+_LAYER_COLOURS = {"HfO2": "tab:orange", "Ti": "tab:green"}
+
+
 def plot_error_profile(profiles: Mapping[str, Mapping], path: Path) -> None:
     """MAE along the transport axis per test device, the stack's layers shaded."""
     import matplotlib
@@ -839,12 +856,15 @@ def plot_error_profile(profiles: Mapping[str, Mapping], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 3.8))
     first_name, first = next(iter(profiles.items()))
     width, start = first["width_angstrom"], first["start_angstrom"]
-    shade = {"HfO2": "tab:orange", "Ti": "tab:green"}
     for k, elements in enumerate(first["elements"]):
         layer = _material(elements)
-        if layer in shade:
+        if layer in _LAYER_COLOURS:
             ax.axvspan(
-                start + k * width, start + (k + 1) * width, color=shade[layer], alpha=0.12, lw=0
+                start + k * width,
+                start + (k + 1) * width,
+                color=_LAYER_COLOURS[layer],
+                alpha=0.12,
+                lw=0,
             )
     for name, profile in profiles.items():
         mae = np.array([np.nan if v is None else v for v in profile["mae_meV"]])
@@ -854,7 +874,7 @@ def plot_error_profile(profiles: Mapping[str, Mapping], path: Path) -> None:
         ax.plot(centres, mae, "-o", ms=2.5, lw=1.2, label=name)
     handles = [
         plt.Rectangle((0, 0), 1, 1, color=c, alpha=0.25, label=f"{layer} (of {first_name})")
-        for layer, c in shade.items()
+        for layer, c in _LAYER_COLOURS.items()
     ]
     ax.legend(handles=ax.get_legend_handles_labels()[0] + handles, fontsize=8, ncol=2)
     ax.set_xlabel(f"position along the transport axis (A), {width:g} A slabs")
@@ -928,6 +948,11 @@ def plot_transmission(results: Mapping[str, Mapping], bias: float, path: Path) -
 _ELEMENT_COLOURS = {"Ti": "tab:gray", "N": "tab:blue", "Hf": "tab:purple", "O": "tab:red"}
 
 
+def _vacancies(atoms) -> np.ndarray:
+    """``[n_vac, 3]`` positions of the removed O atoms of a built device (Angstrom)."""
+    return np.asarray(atoms.info.get("vacancies", np.zeros((0, 3)))).reshape(-1, 3)
+
+
 def plot_sensitivity(atoms, values: Mapping[str, np.ndarray], path: Path, title: str) -> None:
     """Each sensitivity twice: the device seen along z with its atoms coloured by it, and its
     value per atom along the transport axis by element (log scales, the same colour range);
@@ -940,9 +965,8 @@ def plot_sensitivity(atoms, values: Mapping[str, np.ndarray], path: Path, title:
 
     positions = atoms.positions
     elements = np.array(atoms.get_chemical_symbols())
-    vac = np.asarray(atoms.info.get("vacancies", np.zeros((0, 3)))).reshape(-1, 3)
+    vac = _vacancies(atoms)
     layers = atoms.info.get("layers", {})
-    shade = {"hfo2": "tab:orange", "ti": "tab:green"}
     fig, axes = plt.subplots(
         2 * len(values), 1, figsize=(11, 2.4 * 2 * len(values)), sharex=True, layout="constrained"
     )
@@ -980,8 +1004,8 @@ def plot_sensitivity(atoms, values: Mapping[str, np.ndarray], path: Path, title:
         profile_ax.set_ylabel(label.split(" per atom")[0])
         for ax in (device_ax, profile_ax):
             for layer, (x0, x1, *_) in layers.items():
-                if layer.lower() in shade:
-                    ax.axvspan(x0, x1, color=shade[layer.lower()], alpha=0.1, lw=0)
+                if layer in _LAYER_COLOURS:
+                    ax.axvspan(x0, x1, color=_LAYER_COLOURS[layer], alpha=0.1, lw=0)
         if len(vac):
             device_ax.scatter(
                 vac[:, 0], vac[:, 1] + 0.15 * vac[:, 2], marker="x", c="r", s=30, label="O vacancy"
@@ -1101,9 +1125,7 @@ def sensitivity_maps(
             **summary,
             "elements": atoms.get_chemical_symbols(),
             "positions_angstrom": np.asarray(atoms.positions).tolist(),
-            "vacancies_angstrom": np.asarray(atoms.info.get("vacancies", np.zeros((0, 3))))
-            .reshape(-1, 3)
-            .tolist(),
+            "vacancies_angstrom": _vacancies(atoms).tolist(),
             "sum_abs_dI_dH_per_atom_A_per_eV": np.asarray(per_atom_h).tolist(),
             "dI_dR_A_per_angstrom": np.asarray(grad_r).tolist(),
         },
@@ -1215,8 +1237,7 @@ def reference_stage(config: VCMConfig, out: Path, *, progress: bool = True, echo
     refs = compute_references(devices, out / "data", config.tblite, progress)
     timings["reference_per_device_s"] = refs["timings"]
     records = refs["records"]
-    if config.align_to_electrode_fermi_level:
-        records = {name: align_to_electrodes(r, config)[0] for name, r in records.items()}
+    records = aligned(records, config)
     timings["references_s"] = time.perf_counter() - t0
     return {"devices": devices, "records": records, "timings": timings}
 
