@@ -98,6 +98,71 @@ class BlockHamiltonian:
     def replace(self, **changes) -> BlockHamiltonian:
         return dataclasses.replace(self, **changes)
 
+    @property
+    def image_resolved(self) -> bool:
+        """Whether the blocks are per lattice image: a molecule, or a periodic record that
+        holds non-zero shifts (a periodic record with zero shifts only is Gamma-folded)."""
+        return not (np.asarray(self.pbc).any() and not np.asarray(self.shifts).any())
+
+    def on_blocks(self, pairs, shifts) -> BlockHamiltonian:
+        """This record on the blocks ``(pairs[b], shifts[b])``, in that order.
+
+        Blocks this record lacks come out zero (H and S); blocks it has but not listed are
+        left out. Two records put on the same blocks line up entry by entry.
+
+        Args:
+            pairs: ``[n_block, 2]`` atom pairs ``(i, j)``.
+            shifts: ``[n_block, 3]`` integer cell shifts of ``j``.
+
+        Returns:
+            :class:`BlockHamiltonian` with the same structure, Fermi level and metadata.
+        """
+        pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        shifts = np.asarray(shifts, dtype=np.int64).reshape(-1, 3)
+        if len(pairs) != len(shifts):
+            raise ValueError(f"{len(pairs)} pairs but {len(shifts)} shifts")
+        n_atoms = len(self.numbers)
+        span = int(max(np.abs(shifts).max(initial=0), np.abs(self.shifts).max(initial=0)))
+        base = 2 * span + 1
+
+        def keys(p, s):
+            k = p[:, 0] * n_atoms + p[:, 1]
+            for axis in range(3):
+                k = k * base + (s[:, axis] + span)
+            return k
+
+        own = keys(np.asarray(self.pairs, dtype=np.int64), np.asarray(self.shifts, np.int64))
+        wanted = keys(pairs, shifts)
+        order = np.argsort(own)
+        pos = np.minimum(np.searchsorted(own[order], wanted), max(len(own) - 1, 0))
+        found = np.zeros(len(wanted), dtype=bool)
+        if len(own):
+            found = own[order][pos] == wanted
+        source = np.where(found, order[pos] if len(own) else 0, -1)
+        counts = self.orbital_counts
+        sizes = counts[pairs[:, 0]] * counts[pairs[:, 1]]
+        new_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        # flat index of every new value in the old layout (-1: absent)
+        src = np.full(int(new_offsets[-1]), -1, dtype=np.int64)
+        within = np.arange(len(src)) - np.repeat(new_offsets[:-1], sizes)
+        start = np.repeat(np.where(found, self.block_offsets[np.maximum(source, 0)], -1), sizes)
+        src = np.where(start >= 0, start + within, -1)
+
+        def take(values):
+            if values is None:
+                return None
+            out = np.zeros(len(src), dtype=values.dtype)
+            out[src >= 0] = values[src[src >= 0]]
+            return out
+
+        return dataclasses.replace(
+            self,
+            pairs=pairs,
+            shifts=shifts,
+            hamiltonian=take(self.hamiltonian),
+            overlap=take(self.overlap),
+        )
+
     # ------------------------------------------------------------ conversions
     @cached_property
     def _entry_indices(self) -> tuple[np.ndarray, np.ndarray]:

@@ -447,12 +447,20 @@ def _on_pairs(hamiltonian, reference, pairs: np.ndarray):
 
 
 def fold_prediction(predicted, reference):
-    """Predicted H folded to Gamma on its own atom pairs, next to the reference on the same.
+    """The predicted H next to the reference's on the same blocks, entry by entry.
+
+    An image-resolved reference (:attr:`hamjax.blocks.BlockHamiltonian.image_resolved`) is
+    compared block by block on the predicted blocks ``(i, j, R)`` (those within the model
+    cutoff): the per-image MAE. A Gamma-folded reference holds sums over images, so the
+    prediction is folded to Gamma first and both are compared on the predicted atom pairs.
 
     Returns:
-        ``(predicted_gamma, reference_on_pairs)``: two records with identical pairs (those
-        within the model cutoff), shifts zero, so their entries align one to one.
+        ``(prediction, reference_on_blocks)``: two records with identical pairs and shifts.
     """
+    if reference.image_resolved:
+        keys = np.unique(np.concatenate([predicted.pairs, predicted.shifts], axis=1), axis=0)
+        pairs, shifts = keys[:, :2], keys[:, 2:]
+        return predicted.on_blocks(pairs, shifts), reference.on_blocks(pairs, shifts)
     pairs = np.unique(predicted.pairs, axis=0)
     folded = _on_pairs(predicted.to_sparse("hamiltonian"), reference, pairs)
     on_pairs = _on_pairs(reference.to_sparse("hamiltonian"), reference, pairs)
@@ -462,19 +470,29 @@ def fold_prediction(predicted, reference):
 
 
 def prediction_for_transport(predicted, reference):
-    """Predicted H (folded to Gamma) on every pair of the reference, with the reference S.
+    """Predicted H on every block of the reference, with the reference S.
 
-    Pairs beyond the model cutoff get zero H but keep their overlap, so the open device has
-    the same (positive definite) S as the reference's.
+    Blocks beyond the model cutoff get zero H but keep their overlap, so the open device has
+    the same (positive definite) S as the reference's. A Gamma-folded reference gets the
+    prediction folded to Gamma.
     """
+    if reference.image_resolved:
+        on_blocks = predicted.on_blocks(reference.pairs, reference.shifts)
+        return on_blocks.replace(
+            overlap=reference.overlap,
+            fermi_level=reference.fermi_level,
+            metadata=dict(reference.metadata),
+        )
     pairs = np.unique(reference.pairs, axis=0)
     return _on_pairs(predicted.to_sparse("hamiltonian"), reference, pairs)
 
 
 def entry_errors(folded, on_pairs) -> dict[str, np.ndarray]:
-    """Per-entry H errors (prediction - reference, Hartree) of node and edge blocks."""
+    """Per-entry H errors (prediction - reference, Hartree) of node blocks (an atom with
+    itself in the home cell) and edge blocks (every other pair or image)."""
     sizes = np.diff(folded.block_offsets)
-    is_node = np.repeat(folded.pairs[:, 0] == folded.pairs[:, 1], sizes)
+    on_site = (folded.pairs[:, 0] == folded.pairs[:, 1]) & ~folded.shifts.any(axis=1)
+    is_node = np.repeat(on_site, sizes)
     error = folded.hamiltonian - on_pairs.hamiltonian
     return {"node": error[is_node], "edge": error[~is_node], "total": error}
 
@@ -494,7 +512,7 @@ def atom_errors(folded, on_pairs) -> tuple[np.ndarray, np.ndarray]:
     sizes = np.diff(folded.block_offsets)
     per_block = block_sums(folded, np.abs(folded.hamiltonian - on_pairs.hamiltonian))
     i, j = folded.pairs.T
-    other = i != j
+    other = (i != j) | folded.shifts.any(axis=1)
     n = len(folded.numbers)
     total = np.bincount(i, per_block, n) + np.bincount(j, per_block * other, n)
     count = np.bincount(i, sizes, n) + np.bincount(j, sizes * other, n)

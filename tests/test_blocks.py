@@ -148,3 +148,35 @@ def test_hermiticity_relation_on_a_real_cp2k_record(data_dir):
     # CP2K's periodic KS matrix is symmetric to ~2e-9 Ha (its image fold), S to 1e-15
     _check_hermiticity(record, atol=1e-8)
     np.testing.assert_array_equal(record.to_dense(), h)
+
+
+def test_on_blocks_reorders_selects_and_zero_fills():
+    numbers, positions = _structure(4, seed=3)
+    off = BASIS.orbital_offsets(numbers)
+    n = off[-1]
+    images = {
+        (0, 0, 0): _random_symmetric(n, 4),
+        (0, 1, 0): np.random.default_rng(5).normal(size=(n, n)),
+    }
+    images[(0, -1, 0)] = images[(0, 1, 0)].T
+    cell = np.eye(3) * 10.0
+    record = BlockHamiltonian.from_dense(
+        numbers, positions, cell, [True] * 3, BASIS, images, {k: v + 1 for k, v in images.items()}
+    )
+    assert record.image_resolved
+    assert not record.replace(shifts=np.zeros_like(record.shifts)).image_resolved
+    picked = [5, 0, len(record.pairs) - 1]
+    pairs = np.concatenate([record.pairs[picked], [[1, 2]]])
+    shifts = np.concatenate([record.shifts[picked], [[0, 0, 3]]])  # last one absent
+    sub = record.on_blocks(pairs, shifts)
+    for new, old in enumerate(picked):
+        np.testing.assert_array_equal(sub.block(new), record.block(old))
+        np.testing.assert_array_equal(sub.block(new, "overlap"), record.block(old, "overlap"))
+    assert not sub.block(3).any() and not sub.block(3, "overlap").any()
+    # the images of a pair, read one by one, are the slices of their matrices
+    i, j = 2, 1
+    for shift, matrix in images.items():
+        one = record.on_blocks([[i, j]], [shift])
+        np.testing.assert_array_equal(
+            one.block(0), matrix[off[i] : off[i + 1], off[j] : off[j + 1]]
+        )

@@ -119,11 +119,15 @@ def test_tblite_molecule_matches_direct_call():
     assert record.fermi_level > homo and record.fermi_level < meta["lumo_hartree"]
 
 
-def test_tblite_periodic_metal_gamma_point():
+def test_tblite_periodic_metal_gamma_folded():
     atoms = _tin_cell()
     kt = 0.01
     record = compute_reference(
-        atoms, "tblite", electronic_temperature_hartree=kt, mixer_damping=0.4
+        atoms,
+        "tblite",
+        electronic_temperature_hartree=kt,
+        mixer_damping=0.4,
+        image_resolved=False,
     )
     direct = _direct_tblite(atoms, kt)
     assert record.metadata["gamma_folded"] is True
@@ -348,3 +352,100 @@ def test_generate_records_a_failed_scf_and_writes_no_file(tmp_path):
     entry = json.loads((out / "manifest.json").read_text())["structures"]["water"]
     assert entry["status"] == "not-converged" and "2 cycles" in entry["error"]
     assert not list(out.glob("*.npz"))
+
+
+# ------------------------------------------------------------- image-resolved references
+def _direct_integrals(atoms):
+    """tblite's Gamma-point S and H0 of a periodic cell, hamjax order, no SCF (stopped
+    before its first cycle: the integrals do not depend on it)."""
+    from tblite.interface import Calculator, Result
+
+    from hamjax.reference._conventions import tblite_conversion
+
+    calc = Calculator(
+        "GFN1-xTB",
+        atoms.numbers,
+        atoms.positions / BOHR_ANGSTROM,
+        lattice=atoms.cell.array / BOHR_ANGSTROM,
+        periodic=atoms.pbc.copy(),
+        logger=lambda _: None,
+    )
+    calc.set("save-integrals", 1)
+    calc.set("max-iter", 0)
+    res = Result()
+    with pytest.raises(Exception, match="not converged"):
+        calc.singlepoint(res)
+    _, perm, signs = tblite_conversion(
+        atoms.numbers, calc.get("angular-momenta"), calc.get("shell-map")
+    )
+    flip = np.outer(signs, signs)
+    return {
+        k: flip * np.asarray(res.get(k))[np.ix_(perm, perm)]
+        for k in ("overlap-matrix", "hamiltonian-matrix")
+    }
+
+
+@pytest.fixture(scope="module")
+def tin_core_images():
+    """Image-resolved S(R), H0(R) of the rattled TiN cell (8 atoms)."""
+    return compute_reference(_tin_cell(), "tblite", hamiltonian="core")
+
+
+@pytest.mark.parametrize("repeat", [(2, 1, 1), (1, 1, 2)])
+def test_image_blocks_reproduce_a_supercell(tin_core_images, repeat):
+    # A supercell's Gamma matrix samples the cell at k = 0 and k = 1/2 along the doubled axis:
+    # its (copy a, copy b) block sums the images R with R_axis = b - a (mod 2), so it tests
+    # the split into images, not only their sum.
+    record = tin_core_images
+    axis = int(np.argmax(repeat))
+    half = np.zeros(3)
+    half[axis] = 0.5
+    supercell = _direct_integrals(_tin_cell().repeat(repeat))  # copy-major atom order
+    for which, key in (("overlap", "overlap-matrix"), ("hamiltonian", "hamiltonian-matrix")):
+        gamma = record.to_dense(which)
+        zone_edge = record.to_dense(which, k=half)
+        assert np.abs(zone_edge.imag).max() < 1e-12
+        same, other = 0.5 * (gamma + zone_edge.real), 0.5 * (gamma - zone_edge.real)
+        expected = np.block([[same, other], [other, same]])
+        assert np.abs(expected - supercell[key]).max() < 1e-8, which
+
+
+def test_image_resolved_record_passes_its_checks(tin_core_images):
+    atoms = _tin_cell()
+    kt = 0.01
+    record = compute_reference(
+        atoms,
+        "tblite",
+        electronic_temperature_hartree=kt,
+        mixer_damping=0.4,
+        kgrid_electron_count=(2, 2, 2),
+    )
+    meta = record.metadata
+    assert meta["gamma_folded"] is False and meta["image_resolved"] is True
+    assert record.shifts.any(axis=1).sum() > 0.9 * len(record.pairs)  # mostly images
+    checks = meta["image_checks"]
+    assert checks["hamiltonian_folding_hartree"] < 1e-8
+    assert checks["overlap_folding"] < 1e-12
+    assert checks["hermiticity_hartree"] < 1e-12
+    assert checks["electron_count_error"] < 1e-4
+    # independent: Gamma eigenvalues equal tblite's orbital energies
+    direct = _direct_tblite(atoms, kt)
+    assert np.allclose(_generalised_eigenvalues(record), direct["orbital-energies"], atol=1e-8)
+    # the core record of the same cell: same overlap blocks, S(R) = S(-R)^T
+    assert np.array_equal(record.pairs, tin_core_images.pairs)
+    assert np.allclose(record.overlap, tin_core_images.overlap, atol=1e-14)
+    # a finer grid than the SCF's Gamma point holds a different count (recorded, not forced)
+    assert abs(checks["electron_count_on_kgrid"] - checks["electron_count"]) > 1e-3
+
+
+def test_image_unfolding_is_exact_only_for_gfn1_form():
+    from hamjax.reference.images import unfold_gfn1
+
+    atoms = _tin_cell()
+    n = 36 + 8 * 4  # any square matrices: F - H0 without the S o (v + v) / 2 form
+    rng = np.random.default_rng(0)
+    h = rng.normal(size=(n, n))
+    with pytest.raises(ValueError, match="GFN1-type"):
+        unfold_gfn1(
+            atoms, h + h.T, np.zeros((n, n)), np.eye(n) + 0.1, [9, 4] * 4, np.arange(n), np.ones(n)
+        )

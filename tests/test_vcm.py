@@ -16,6 +16,7 @@ from hamjax.vcm import (
     fold_prediction,
     load_config,
     mae_row,
+    prediction_for_transport,
 )
 
 BASIS = Basis.from_dict("two-s", {"H": (0, 0)})
@@ -447,3 +448,40 @@ def test_region_shares_split_the_sum_over_the_stack():
     expected = 3.0 * n_oxide / (3.0 * n_oxide + len(atoms) - n_oxide)
     assert shares["HfO2"]["share"] == pytest.approx(expected, rel=1e-12)
     assert sum(v["share"] for v in shares.values()) == pytest.approx(1.0, rel=1e-12)
+
+
+def test_image_resolved_reference_is_compared_per_image():
+    # The reference holds pair (0, 1) at two images; a prediction that puts their sum on one
+    # image has the right Gamma matrix but per-image errors of the full image block.
+    reference = _reference()
+    rng = np.random.default_rng(2)
+    far = rng.normal(size=(2, 2))
+    images = {(0, 0, 0): reference.to_dense(), (0, 1, 0): np.zeros((8, 8))}
+    images[(0, 1, 0)][0:2, 2:4] = far
+    images[(0, -1, 0)] = images[(0, 1, 0)].T
+    resolved = BlockHamiltonian.from_dense(
+        reference.numbers,
+        reference.positions,
+        reference.cell,
+        reference.pbc,
+        BASIS,
+        images,
+        {k: v * 0.01 for k, v in images.items()},
+        fermi_level=-0.1,
+    )
+    assert resolved.image_resolved
+    folded_sum = images[(0, 0, 0)] + images[(0, 1, 0)] + images[(0, -1, 0)]
+    predicted = _with_error(reference, folded_sum - reference.to_dense())  # Gamma only
+    prediction, on_blocks = fold_prediction(predicted, resolved)
+    assert np.array_equal(prediction.pairs, on_blocks.pairs)
+    errors = entry_errors(prediction, on_blocks)
+    # the (0, 1, 0) and (1, 0, 0) blocks are off by the far image; nothing else
+    expected = np.sort(np.abs(np.concatenate([far.ravel(), far.T.ravel()])))
+    assert np.allclose(np.sort(np.abs(errors["total"]))[-8:], expected, atol=1e-12)
+    assert np.abs(errors["total"]).sum() == pytest.approx(expected.sum(), rel=1e-12)
+    # for transport, the prediction lands on every reference image, with the reference S
+    for_transport = prediction_for_transport(predicted, resolved)
+    assert np.array_equal(for_transport.shifts, resolved.shifts)
+    np.testing.assert_array_equal(for_transport.overlap, resolved.overlap)
+    # (predicted on the home cell, zero on the images it does not predict)
+    np.testing.assert_allclose(for_transport.to_dense(), folded_sum, atol=1e-12)

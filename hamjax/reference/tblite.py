@@ -6,9 +6,16 @@ energies) is rebuilt here from the converged orbitals, ``F = S C diag(e) C^T S``
 exact because ``C^T S C = 1`` for the full square set of orbitals. That F is what the record
 stores by default (``hamiltonian="scf"``); ``hamiltonian="core"`` stores H0 instead.
 
-Periodic structures are computed at the Gamma point only: tblite gives one matrix per
-structure, the sum over all lattice images, so image couplings cannot be separated. Such a
-record has every block at shift (0, 0, 0) and ``metadata["gamma_folded"] = True``.
+Periodic structures are computed at the Gamma point: tblite gives one matrix per structure,
+the sum over all lattice images. For GFN1-xTB the images are then separated exactly
+(:mod:`hamjax.reference.images`, ``image_resolved=True``, the default): the record holds one
+block per ``(i, j, R)`` up to tblite's integral cutoff, ``metadata["gamma_folded"] = False``,
+and every record is checked as it is made: ``sum_R H(R)`` and ``sum_R S(R)`` equal the Gamma
+matrices of the same SCF to ``FOLDING_TOLERANCE_HARTREE``, ``H_ji(-R) = H_ij(R)^T``, and the
+electron count of the k-sampled ``H(k)``, ``S(k)`` on the SCF's own k-grid (Gamma of the cell)
+at the record's Fermi level and smearing is the SCF's to 1e-4 e. With
+``image_resolved=False`` (or another method) a record has every block at shift (0, 0, 0) and
+``metadata["gamma_folded"] = True``: one block per atom pair stands for the sum of its images.
 
 Units: tblite takes Bohr and works in Hartree; the electronic temperature is kT in Hartree
 (tblite's default 9.5e-4 Ha is about 300 K). The record stores Angstrom and Hartree.
@@ -65,6 +72,7 @@ from hamjax.reference._common import (
 )
 from hamjax.reference._conventions import tblite_conversion
 from hamjax.reference.blas import active_openblas
+from hamjax.reference.images import FOLDING_TOLERANCE_HARTREE, unfold_gfn1
 
 __all__ = [
     "TBLiteSettings",
@@ -75,6 +83,10 @@ __all__ = [
     "run_tblite",
     "tblite_reference",
     "tblite_version",
+    "check_image_record",
+    "electron_count",
+    "hermiticity_error",
+    "monkhorst_pack",
 ]
 
 #: tblite's own default electronic temperature (kT, Hartree), about 300 K.
@@ -117,6 +129,12 @@ class TBLiteSettings:
         hamiltonian: "scf" (converged self-consistent H, default) or "core" (tblite's H0).
         threshold: atom pairs whose S and H0 blocks are all below this magnitude are left
             out (0: keep every pair that tblite couples).
+        image_resolved: for periodic structures with GFN1-xTB, store one block per lattice
+            image ``(i, j, R)`` (:mod:`hamjax.reference.images`) instead of Gamma sums.
+        kgrid_electron_count: besides the SCF's own k-grid, count the electrons of the
+            image-resolved ``H(k)``, ``S(k)`` on this Monkhorst-Pack grid at the record's
+            Fermi level (recorded, not checked: the SCF samples only Gamma of the cell, so a
+            finer grid shows how far that sampling is from k-converged). None: skip.
     """
 
     method: str = "GFN1-xTB"
@@ -134,6 +152,8 @@ class TBLiteSettings:
     retry_damping_factor: float = 0.5
     hamiltonian: str = "scf"
     threshold: float = 0.0
+    image_resolved: bool = True
+    kgrid_electron_count: tuple[int, int, int] | None = None
 
     def __post_init__(self):
         if self.method not in _METHODS:
@@ -152,6 +172,11 @@ class TBLiteSettings:
                 "annealing",
                 (float(self.annealing[0]), int(self.annealing[1]), int(self.annealing[2])),
             )
+        if self.kgrid_electron_count is not None:
+            grid = tuple(int(n) for n in self.kgrid_electron_count)
+            if len(grid) != 3 or min(grid) < 1:
+                raise ValueError(f"kgrid_electron_count must be 3 positive integers, got {grid}")
+            object.__setattr__(self, "kgrid_electron_count", grid)
         if self.max_iterations < 1:
             raise ValueError(f"max_iterations must be >= 1, got {self.max_iterations}")
         t = self.electronic_temperature_hartree
@@ -430,6 +455,7 @@ def tblite_reference(
         result.orbital_energies, result.occupations, used.electronic_temperature_hartree
     )
     periodic = bool(np.any(atoms.pbc))
+    images = periodic and settings.image_resolved and settings.method == "GFN1-xTB"
     metadata = {
         "source": "tblite",
         "name": name,
@@ -466,10 +492,12 @@ def tblite_reference(
         "lumo_hartree": fermi["lumo"],
         "gap_hartree": fermi["gap"],
         "fermi_level_method": fermi["method"],
-        "gamma_folded": periodic,
+        "gamma_folded": periodic and not images,
         "k_point": "gamma" if periodic else None,
         "openblas_preload": active_openblas(),
     }
+    if images:
+        return _image_record(atoms, result, basis, perm, signs, fermi, used, settings, metadata)
     return dense_to_record(
         atoms,
         basis,
@@ -480,3 +508,146 @@ def tblite_reference(
         fermi_level=fermi["fermi_level"],
         metadata=metadata,
     )
+
+
+def _image_record(atoms, result, basis, perm, signs, fermi, used, settings, metadata):
+    """The image-resolved record of a periodic GFN1-xTB SCF, checked (module docstring)."""
+    numbers = np.asarray(atoms.numbers, dtype=int)
+    pairs, shifts, h_blocks, core_blocks, s_blocks, diagnostics = unfold_gfn1(
+        atoms,
+        result.hamiltonian,
+        result.core_hamiltonian,
+        result.overlap,
+        basis.orbital_counts(numbers),
+        perm,
+        signs,
+        method=settings.method,
+        accuracy=used.accuracy,
+    )
+    core = settings.hamiltonian == "core"
+    if core:
+        h_blocks = core_blocks
+    big = np.array(
+        [
+            max(np.abs(h).max(initial=0), np.abs(s).max(initial=0))
+            for h, s in zip(h_blocks, s_blocks, strict=True)
+        ]
+    )
+    keep = (big > settings.threshold) | ((pairs[:, 0] == pairs[:, 1]) & ~shifts.any(axis=1))
+    dropped = float(big[~keep].max(initial=0.0))
+    record = BlockHamiltonian(
+        numbers=numbers,
+        positions=np.asarray(atoms.positions, dtype=float),
+        cell=np.asarray(atoms.cell.array, dtype=float),
+        pbc=np.asarray(atoms.pbc, dtype=bool),
+        basis=basis,
+        pairs=pairs[keep],
+        shifts=shifts[keep],
+        hamiltonian=np.concatenate([b.ravel() for b, k in zip(h_blocks, keep, strict=True) if k]),
+        overlap=np.concatenate([b.ravel() for b, k in zip(s_blocks, keep, strict=True) if k]),
+        fermi_level=fermi["fermi_level"],
+        metadata={},
+    )
+    flip = signs[:, None] * signs[None, :]
+    gamma_h = flip * (result.core_hamiltonian if core else result.hamiltonian)[np.ix_(perm, perm)]
+    gamma_s = flip * result.overlap[np.ix_(perm, perm)]
+    kt = used.electronic_temperature_hartree
+    electrons = None if core else fermi["n_electrons"]
+    checks = check_image_record(record, gamma_h, gamma_s, electrons, kt)
+    if settings.kgrid_electron_count is not None and not core:
+        grid = settings.kgrid_electron_count
+        checks["electron_count_kgrid"] = list(grid)
+        checks["electron_count_on_kgrid"] = electron_count(record, grid, fermi["fermi_level"], kt)
+    metadata.update(
+        image_resolved=True,
+        interaction_range_angstrom=diagnostics["cutoff_angstrom"],
+        unfolding=diagnostics,
+        image_checks=checks,
+        max_dropped_block_hartree=dropped,
+        block_threshold=float(settings.threshold),
+        k_grid=[1, 1, 1],
+    )
+    return record.replace(metadata=metadata)
+
+
+def monkhorst_pack(grid) -> np.ndarray:
+    """``[n_k, 3]`` fractional k-points of a Gamma-centred grid ``(n1, n2, n3)``."""
+    axes = [(np.arange(n) - (n - 1) // 2) / n if n > 0 else np.zeros(1) for n in grid]
+    return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+
+
+def electron_count(record, grid, fermi_level: float, kt: float) -> float:
+    """Electrons of the record's ``H(k)``, ``S(k)`` on a Gamma-centred ``grid`` (spin
+    degenerate) at ``fermi_level`` (Hartree) and Fermi-Dirac smearing ``kt`` (Hartree)."""
+    import scipy.linalg
+
+    kpoints = monkhorst_pack(grid)
+    total = 0.0
+    for k in kpoints:
+        kk = None if not np.any(k) else k
+        levels = scipy.linalg.eigh(
+            record.to_dense("hamiltonian", k=kk),
+            record.to_dense("overlap", k=kk),
+            eigvals_only=True,
+        )
+        x = (levels - fermi_level) / kt if kt > 0 else np.sign(levels - fermi_level) * np.inf
+        total += 2.0 * float(np.sum(0.5 * (1.0 - np.tanh(0.5 * x))))
+    return total / len(kpoints)
+
+
+def check_image_record(record, gamma_hamiltonian, gamma_overlap, n_electrons, kt) -> dict:
+    """The three checks every image-resolved record passes (module docstring).
+
+    Args:
+        record: image-resolved :class:`BlockHamiltonian` (Hartree, hamjax order).
+        gamma_hamiltonian, gamma_overlap: the SCF's Gamma-point F and S (hamjax order).
+        n_electrons: electrons of the SCF (None: no count, e.g. for a core Hamiltonian).
+        kt: its electronic temperature (Hartree).
+
+    Returns:
+        the residuals: ``hamiltonian_folding_hartree``, ``overlap_folding``,
+        ``hermiticity_hartree``, ``electron_count`` and ``electron_count_error``.
+
+    Raises:
+        ValueError: a check fails (folding or hermiticity above
+            ``FOLDING_TOLERANCE_HARTREE``, electron count off by more than 1e-4).
+    """
+    checks = {
+        "hamiltonian_folding_hartree": float(np.abs(record.to_dense() - gamma_hamiltonian).max()),
+        "overlap_folding": float(np.abs(record.to_dense("overlap") - gamma_overlap).max()),
+        "hermiticity_hartree": hermiticity_error(record),
+    }
+    if n_electrons is not None:
+        count = electron_count(record, (1, 1, 1), record.fermi_level, kt)
+        checks["electron_count"] = count
+        checks["electron_count_error"] = abs(count - n_electrons)
+    name = record.metadata.get("name") if record.metadata else None
+    for key in ("hamiltonian_folding_hartree", "overlap_folding", "hermiticity_hartree"):
+        if not checks[key] <= FOLDING_TOLERANCE_HARTREE:
+            raise ValueError(
+                f"image-resolved record {name or ''} fails {key}: {checks[key]:.2e} "
+                f"(tolerance {FOLDING_TOLERANCE_HARTREE:g})"
+            )
+    if n_electrons is not None and not checks["electron_count_error"] <= 1e-4:
+        raise ValueError(
+            f"image-resolved record {name or ''}: {count:.6f} electrons at its Fermi level, "
+            f"the SCF has {n_electrons:.6f}"
+        )
+    return checks
+
+
+def hermiticity_error(record) -> float:
+    """Largest ``|H_ij(R) - H_ji(-R)^T|`` over the blocks of ``record`` (Hartree); a block
+    whose mirror is missing counts with its full size."""
+    key = {
+        (int(i), int(j), *map(int, s)): b
+        for b, ((i, j), s) in enumerate(zip(record.pairs, record.shifts, strict=True))
+    }
+    worst = 0.0
+    for (i, j, *s), b in key.items():
+        mirror = key.get((j, i, *(-x for x in s)))
+        for which in ("hamiltonian", "overlap"):
+            block = record.block(b, which)
+            other = 0.0 if mirror is None else record.block(mirror, which).T
+            worst = max(worst, float(np.abs(block - other).max(initial=0.0)))
+    return worst
