@@ -15,6 +15,10 @@ Every kept coupling is shorter than ``cutoff`` <= ``layer_width``, so slabs coup
 their neighbours, which is what the block-tridiagonal solver needs. The same cut applies to a
 reference and to a prediction, so their transmissions are comparable.
 
+Image-resolved records (blocks per lattice image ``(i, j, R)``) can keep their transverse
+images apart instead (:func:`open_device_images`): one matrix per transverse shift ``R``, for
+transverse k-point sampling with :func:`hamjax.transport.transmission_kpoints`.
+
 Gamma-folded records (periodic, every block at shift (0, 0, 0): one block stands for the sum
 of all images of a pair) are placed by the minimum-image convention, which is exact when every
 pair has at most one image within reach along the transport axis (a cell at least twice the
@@ -33,11 +37,13 @@ from hamjax.constants import HARTREE_EV
 
 __all__ = [
     "TwoTerminal",
+    "TwoTerminalImages",
     "axis_coordinates",
     "inside_cell",
     "match_translated",
     "minimum_image",
     "open_device",
+    "open_device_images",
     "slab_layers",
 ]
 
@@ -243,32 +249,29 @@ def match_translated(
     return cols[np.argsort(rows)]
 
 
-def open_device(
+@dataclass(frozen=True)
+class _Cut:
+    """The parts of opening a record that the Gamma-summed and the image-resolved forms share."""
+
+    keep: np.ndarray  # [n_block] bool: blocks kept (inside the cell along the axis, near)
+    order: np.ndarray
+    perm: np.ndarray
+    atom_layer: np.ndarray
+    layers: tuple[int, ...]
+    fermi_level_ev: float | None
+    dropped_max_ev: float
+
+
+def _cut(
     record: BlockHamiltonian,
     *,
     cutoff: float,
     lead_width: float,
-    layer_width: float | None = None,
-    axis: int = 0,
-    origin_offset: float = 0.5,
-) -> TwoTerminal:
-    """Open a periodic device cell along ``axis`` into a two-terminal NEGF problem.
-
-    Args:
-        record: H and S blocks (Hartree), periodic along ``axis``.
-        cutoff: couplings between atoms farther apart than this (Angstrom) are dropped.
-        lead_width: one lead cell along the axis (a whole number of electrode periods, at
-            least ``cutoff``), Angstrom; both electrodes must hold two of them.
-        layer_width: smallest principal-layer width in the middle (default ``lead_width``);
-            must be at least ``cutoff``.
-        axis: transport axis (0 = x).
-        origin_offset: the slabs start this far (Angstrom) before the first atom along the
-            axis, so that atomic planes (and their small thermal displacements) sit inside a
-            slab rather than on its edge; keep it below the electrode's plane spacing.
-
-    Returns:
-        :class:`TwoTerminal` with H in eV.
-    """
+    layer_width: float | None,
+    axis: int,
+    origin_offset: float,
+) -> _Cut:
+    """Blocks to keep, the transport order of atoms and orbitals, and the principal layers."""
     layer_width = lead_width if layer_width is None else layer_width
     if min(lead_width, layer_width) < cutoff:
         raise ValueError(
@@ -311,29 +314,198 @@ def open_device(
         order[slots] = inner_atoms[match]
         if np.any(record.numbers[order[slots]] != record.numbers[outer_atoms]):
             raise ValueError("the two lead cells differ in their species: not one electrode")
-    kept = record.replace(
-        pairs=record.pairs[keep],
-        shifts=np.zeros((int(keep.sum()), 3), dtype=np.int64),
-        hamiltonian=record.hamiltonian[np.repeat(keep, sizes)],
-        overlap=record.overlap[np.repeat(keep, sizes)],
-    )
     # Orbital permutation into the transport order.
     off = record.orbital_offsets
     perm = np.concatenate([np.arange(off[a], off[a + 1]) for a in order])
-    h = kept.to_sparse("hamiltonian")[perm][:, perm] * HARTREE_EV
-    s = kept.to_sparse("overlap")[perm][:, perm]
     counts = record.orbital_counts[order]
     layers = np.bincount(atom_layer[order], weights=counts, minlength=atom_layer.max() + 1)
     if np.any(layers == 0):
         raise ValueError(f"principal layers {np.flatnonzero(layers == 0).tolist()} hold no atom")
     fermi = None if record.fermi_level is None else record.fermi_level * HARTREE_EV
+    return _Cut(
+        keep=keep,
+        order=order,
+        perm=perm,
+        atom_layer=atom_layer,
+        layers=tuple(int(n) for n in layers),
+        fermi_level_ev=fermi,
+        dropped_max_ev=dropped_max,
+    )
+
+
+def _kept_blocks(record: BlockHamiltonian, select: np.ndarray) -> BlockHamiltonian:
+    """The record on the blocks ``select`` (bool ``[n_block]``), all at shift 0 (summed)."""
+    sizes = np.diff(record.block_offsets)
+    return record.replace(
+        pairs=record.pairs[select],
+        shifts=np.zeros((int(select.sum()), 3), dtype=np.int64),
+        hamiltonian=record.hamiltonian[np.repeat(select, sizes)],
+        overlap=record.overlap[np.repeat(select, sizes)],
+    )
+
+
+def open_device(
+    record: BlockHamiltonian,
+    *,
+    cutoff: float,
+    lead_width: float,
+    layer_width: float | None = None,
+    axis: int = 0,
+    origin_offset: float = 0.5,
+) -> TwoTerminal:
+    """Open a periodic device cell along ``axis`` into a two-terminal NEGF problem.
+
+    Transverse images are summed (the device at transverse k = 0); to keep them apart for
+    transverse k-point sampling use :func:`open_device_images`.
+
+    Args:
+        record: H and S blocks (Hartree), periodic along ``axis``.
+        cutoff: couplings between atoms farther apart than this (Angstrom) are dropped.
+        lead_width: one lead cell along the axis (a whole number of electrode periods, at
+            least ``cutoff``), Angstrom; both electrodes must hold two of them.
+        layer_width: smallest principal-layer width in the middle (default ``lead_width``);
+            must be at least ``cutoff``.
+        axis: transport axis (0 = x).
+        origin_offset: the slabs start this far (Angstrom) before the first atom along the
+            axis, so that atomic planes (and their small thermal displacements) sit inside a
+            slab rather than on its edge; keep it below the electrode's plane spacing.
+
+    Returns:
+        :class:`TwoTerminal` with H in eV.
+    """
+    cut = _cut(
+        record,
+        cutoff=cutoff,
+        lead_width=lead_width,
+        layer_width=layer_width,
+        axis=axis,
+        origin_offset=origin_offset,
+    )
+    kept = _kept_blocks(record, cut.keep)
+    perm = cut.perm
+    h = kept.to_sparse("hamiltonian")[perm][:, perm] * HARTREE_EV
+    s = kept.to_sparse("overlap")[perm][:, perm]
     return TwoTerminal(
         hamiltonian=sp.csr_matrix(h),
         overlap=sp.csr_matrix(s),
-        layers=tuple(int(n) for n in layers),
-        order=order,
+        layers=cut.layers,
+        order=cut.order,
         orbital_order=perm,
-        atom_layer=atom_layer,
-        fermi_level_ev=fermi,
-        dropped_max_ev=dropped_max,
+        atom_layer=cut.atom_layer,
+        fermi_level_ev=cut.fermi_level_ev,
+        dropped_max_ev=cut.dropped_max_ev,
+    )
+
+
+@dataclass(frozen=True)
+class TwoTerminalImages:
+    """An open device periodic across the transport axis, its transverse images kept apart:
+    the input of :func:`hamjax.transport.transmission_kpoints`.
+
+    ``hamiltonians.sum(0)`` and ``overlaps.sum(0)`` are the matrices of :class:`TwoTerminal`
+    (:func:`open_device` of the same record).
+
+    Attributes:
+        hamiltonians: ``[n_R, n_orb, n_orb]`` dense image matrices ``H(R)`` in eV, atoms
+            ordered along the axis: ``H(R)`` couples the home cell's orbitals to those of the
+            cell shifted by ``R``.
+        overlaps: ``[n_R, n_orb, n_orb]`` images ``S(R)``.
+        shifts: ``[n_R, 3]`` integer transverse shifts, the transport axis first: the
+            record's lattice components in the order ``(axis, axis + 1, axis + 2)`` modulo 3
+            (the record's own order for ``axis = 0``), so component 0 is always 0 and the
+            k-grid of :func:`~hamjax.transport.transmission_kpoints` is ``(1, n_b, n_c)``
+            over the same order. Sorted, each shift once, closed under ``R -> -R``.
+        layers, order, orbital_order, atom_layer, fermi_level_ev, dropped_max_ev: as in
+            :class:`TwoTerminal`.
+        axis: the record's transport axis.
+    """
+
+    hamiltonians: np.ndarray
+    overlaps: np.ndarray
+    shifts: np.ndarray
+    layers: tuple[int, ...]
+    order: np.ndarray
+    orbital_order: np.ndarray
+    atom_layer: np.ndarray
+    fermi_level_ev: float | None
+    dropped_max_ev: float
+    axis: int = 0
+
+
+def open_device_images(
+    record: BlockHamiltonian,
+    *,
+    cutoff: float,
+    lead_width: float,
+    layer_width: float | None = None,
+    axis: int = 0,
+    origin_offset: float = 0.5,
+) -> TwoTerminalImages:
+    """Open a periodic device cell along ``axis``, keeping its transverse images apart.
+
+    The cut is that of :func:`open_device` (the same kept couplings, atom order and
+    principal layers; couplings across the cell boundary along the axis dropped); each
+    kept block goes to the image of its shift's transverse components (its component along
+    the axis only says on which side of the boundary the partner atom is stored). Then
+    ``transmission_kpoints(d.hamiltonians, d.overlaps, d.shifts, d.layers, energies,
+    (1, n_b, n_c))`` samples transverse k-points, and its ``kgrid`` of ``(1, 1, 1)`` gives
+    the transmission of :func:`open_device`.
+
+    Args:
+        record: an image-resolved record (blocks at non-zero transverse shifts,
+            ``metadata["gamma_folded"]`` not True), H and S in Hartree, periodic along
+            ``axis``.
+        cutoff, lead_width, layer_width, axis, origin_offset: as in :func:`open_device`.
+
+    Returns:
+        :class:`TwoTerminalImages` with H in eV (dense, ``n_R`` matrices of ``n_orb^2``).
+
+    Raises:
+        ValueError: a Gamma-folded record (every block at shift 0 in a periodic cell), or
+            what :func:`open_device` raises.
+    """
+    if not record.image_resolved or record.metadata.get("gamma_folded") is True:
+        raise ValueError(
+            "the record has no image blocks: it is Gamma-folded (every block at shift "
+            "(0, 0, 0) stands for the sum of a pair's images), so its transverse images "
+            "cannot be separated; use open_device for the Gamma-point device, or an "
+            "image-resolved reference for k-points"
+        )
+    cut = _cut(
+        record,
+        cutoff=cutoff,
+        lead_width=lead_width,
+        layer_width=layer_width,
+        axis=axis,
+        origin_offset=origin_offset,
+    )
+    transverse = np.roll(np.asarray(record.shifts, dtype=np.int64), -axis, axis=1)
+    transverse[:, 0] = 0
+    # One image per transverse shift, closed under R -> -R (a kept block's Hermitian partner
+    # is kept too; an empty partner image is added should a record list one side only).
+    present = {tuple(r) for r in transverse[cut.keep].tolist()}
+    present |= {tuple(-x for x in r) for r in present}
+    shifts = np.array(sorted(present), dtype=np.int64).reshape(-1, 3)
+    where = {r: index for index, r in enumerate(map(tuple, shifts.tolist()))}
+    slot = np.array([where[tuple(r)] for r in transverse.tolist()], dtype=np.int64)
+
+    n = record.n_orbitals
+    perm = cut.perm
+    hamiltonians = np.zeros((len(shifts), n, n), dtype=record.hamiltonian.dtype)
+    overlaps = np.zeros((len(shifts), n, n), dtype=record.overlap.dtype)
+    for r in range(len(shifts)):
+        image = _kept_blocks(record, cut.keep & (slot == r))
+        hamiltonians[r] = image.to_dense("hamiltonian")[np.ix_(perm, perm)] * HARTREE_EV
+        overlaps[r] = image.to_dense("overlap")[np.ix_(perm, perm)]
+    return TwoTerminalImages(
+        hamiltonians=hamiltonians,
+        overlaps=overlaps,
+        shifts=shifts,
+        layers=cut.layers,
+        order=cut.order,
+        orbital_order=perm,
+        atom_layer=cut.atom_layer,
+        fermi_level_ev=cut.fermi_level_ev,
+        dropped_max_ev=cut.dropped_max_ev,
+        axis=axis,
     )

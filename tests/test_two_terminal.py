@@ -236,3 +236,112 @@ def test_device_between_the_leads_of_another_hamiltonian():
 
     with pytest.raises(ValueError, match="hold different atoms"):
         shifted.with_leads_of(open_device(periodic_chain(16), cutoff=1.5, lead_width=3.0))
+
+
+def cubic_record(n_atoms, overlap_y=0.05, folded=False):
+    """A simple cubic lattice (on-site 0, hopping -1 eV, spacing 1 A) as an image-resolved
+    block record: ``n_atoms`` along x, one across, periodic in x, y and z. Each atom couples
+    to its x neighbours (through the x boundary at the ends) and to its own images at
+    y +/- 1 (hopping -1 eV, overlap ``overlap_y``) and z +/- 1 (hopping -1 eV). ``folded``
+    stores every block at shift (0, 0, 0), as a Gamma-folded record does."""
+    positions = np.zeros((n_atoms, 3))
+    positions[:, 0] = np.arange(n_atoms) + 0.5
+    pairs, shifts, h, s = [], [], [], []
+    for a in range(n_atoms):
+        pairs.append((a, a))
+        shifts.append((0, 0, 0))
+        h.append(0.0)
+        s.append(1.0)
+        for step in (-1, 1):
+            pairs.append((a, (a + step) % n_atoms))
+            shifts.append(((a + step) // n_atoms, 0, 0))
+            h.append(HOP_EV)
+            s.append(0.0)
+        for shift, overlap in (
+            ((0, 1, 0), overlap_y),
+            ((0, -1, 0), overlap_y),
+            ((0, 0, 1), 0.0),
+            ((0, 0, -1), 0.0),
+        ):
+            pairs.append((a, a))
+            shifts.append(shift)
+            h.append(HOP_EV)
+            s.append(overlap)
+    shifts = np.zeros((len(pairs), 3), int) if folded else np.array(shifts)
+    return BlockHamiltonian(
+        numbers=np.ones(n_atoms, int),
+        positions=positions,
+        cell=np.diag([float(n_atoms), 1.0, 1.0]),
+        pbc=np.array([True, True, True]),
+        basis=BASIS,
+        pairs=np.array(pairs),
+        shifts=shifts,
+        hamiltonian=np.array(h) / HARTREE_EV,
+        overlap=np.array(s),
+        fermi_level=0.0,
+        metadata={"gamma_folded": folded},
+    )
+
+
+def test_image_resolved_cubic_lattice_opens_into_k_resolved_channels():
+    """Opened along x, the cubic lattice is a chain at every transverse k: with
+    S(k) = 1 + 2 s cos(2 pi k_y) and eps(k) = -2 (cos 2 pi k_y + cos 2 pi k_z) eV,
+    T(E, k) = 1 where |E S(k) - eps(k)| < 2 eV, else 0; summing the images gives the
+    device of open_device."""
+    from hamjax.transport import monkhorst_pack, transmission_kpoints
+    from hamjax.two_terminal import open_device_images
+
+    overlap_y = 0.05
+    record = cubic_record(12, overlap_y)
+    images = open_device_images(record, cutoff=1.5, lead_width=2.0)
+    device = open_device(record, cutoff=1.5, lead_width=2.0)
+    assert images.shifts.tolist() == [[0, -1, 0], [0, 0, -1], [0, 0, 0], [0, 0, 1], [0, 1, 0]]
+    assert images.layers == device.layers and sum(images.layers) == 12
+    np.testing.assert_array_equal(images.order, device.order)
+    np.testing.assert_allclose(images.hamiltonians.sum(0), device.hamiltonian.toarray(), atol=1e-14)
+    np.testing.assert_allclose(images.overlaps.sum(0), device.overlap.toarray(), atol=1e-15)
+    # the x boundary is cut as in open_device: the home image is an open chain
+    home = images.hamiltonians[images.shifts.tolist().index([0, 0, 0])]
+    assert np.count_nonzero(home) == 2 * 11
+
+    def offset(energies, k):
+        """|E S(k) - eps(k)| in eV, [n_k, n_E]."""
+        level = -2 * (np.cos(2 * np.pi * k[:, 1]) + np.cos(2 * np.pi * k[:, 2]))
+        scale = 1 + 2 * overlap_y * np.cos(2 * np.pi * k[:, 1])
+        return np.abs(energies[None, :] * scale[:, None] - level[:, None])
+
+    kgrid = (1, 4, 3)
+    candidates = np.linspace(-5.7, 5.7, 30) + 0.0137
+    edge = np.min(np.abs(offset(candidates, monkhorst_pack(kgrid)) - 2), axis=0)
+    energies = candidates[edge > 0.02]  # away from band edges
+    assert len(energies) >= 15
+    result = transmission_kpoints(
+        images.hamiltonians,
+        images.overlaps,
+        images.shifts,
+        images.layers,
+        energies,
+        kgrid,
+        eta=1e-8,
+    )
+    exact = (offset(energies, result.kpoints) < 2).astype(float)
+    assert 0 < exact.mean() < 1
+    np.testing.assert_allclose(np.asarray(result.transmission_k), exact, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(result.transmission), result.weights @ exact, atol=1e-6)
+    # a k-grid of one point is the Gamma-summed device of open_device
+    gamma = transmission_kpoints(
+        images.hamiltonians, images.overlaps, images.shifts, images.layers, energies, (1, 1, 1)
+    )
+    direct = transmission(device.hamiltonian, device.overlap, device.layers, energies)
+    np.testing.assert_allclose(
+        np.asarray(gamma.transmission), np.asarray(direct.transmission), atol=1e-10
+    )
+
+
+def test_gamma_folded_record_has_no_images_to_open():
+    from hamjax.two_terminal import open_device_images
+
+    folded = cubic_record(12, folded=True)
+    assert not folded.image_resolved
+    with pytest.raises(ValueError, match="no image blocks"):
+        open_device_images(folded, cutoff=1.5, lead_width=2.0)

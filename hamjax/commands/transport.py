@@ -18,10 +18,23 @@ Input: an .npz file with these arrays (energies in eV):
                   along the transport axis)
   fermi_level     scalar eV (optional; --fermi-level overrides it, default 0)
 
-Output in --out: transport.json (inputs, current in amperes, T(E)), transmission.csv
-(energy_ev, transmission, spectral_current_a_per_ev, residual_left, residual_right) and
-transmission.png (T(E) on a log scale, bias window [mu_R, mu_L] shaded). Convention:
-mu_L = E_F + V/2, mu_R = E_F - V/2; I > 0 when electrons flow from left to right.
+A device periodic across the transport axis is given by its image matrices instead, with
+--kgrid 1 N2 N3 (a Monkhorst-Pack grid of transverse k-points, hamjax.transport.
+transmission_kpoints); T(E) and the current are then k-averaged, per transverse cell:
+
+  hamiltonians    [n_R, n, n] eV, H(R) couples the home cell to the cell shifted by R;
+                  H(-R) = H(R)^T (conjugate transpose if complex)
+  shifts          [n_R, 3] int transverse lattice shifts R, component 0 (the transport
+                  axis) zero; couplings along the transport axis sit inside each H(R)
+  overlaps        [n_R, n, n] S(R) (optional; S(k) = 1 if absent)
+  layers (or positions and orbital_counts) and fermi_level as above
+
+Output in --out: transport.json (inputs, current in amperes, T(E); with --kgrid also
+kpoints, kpoint_weights, transmission_k [n_k][n_E] and the smallest eigenvalue of S(k) per
+k-point), transmission.csv (energy_ev, transmission, spectral_current_a_per_ev,
+residual_left, residual_right; residuals the largest over k-points) and transmission.png
+(T(E) on a log scale, bias window [mu_R, mu_L] shaded). Convention: mu_L = E_F + V/2,
+mu_R = E_F - V/2; I > 0 when electrons flow from left to right.
 """
 
 from __future__ import annotations
@@ -65,6 +78,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--chunk-size", type=int, help="energies per compiled chunk")
     parser.add_argument(
+        "--kgrid",
+        nargs=3,
+        type=int,
+        metavar=("N1", "N2", "N3"),
+        help="transverse k-point grid for an .npz of image matrices (N1 = 1: transport axis)",
+    )
+    parser.add_argument(
         "--write-example", type=Path, metavar="NPZ", help="write the example as an .npz and exit"
     )
 
@@ -96,8 +116,13 @@ def _load(path: Path) -> dict[str, np.ndarray]:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError) as err:
         raise ValueError(f"{path}: not a readable .npz file ({err})") from err
-    if "hamiltonian" not in arrays:
-        raise ValueError(f"{path}: missing array 'hamiltonian' (keys: {sorted(arrays)})")
+    if "hamiltonian" not in arrays and "hamiltonians" not in arrays:
+        raise ValueError(
+            f"{path}: missing array 'hamiltonian' (or 'hamiltonians' and 'shifts' for image "
+            f"matrices; keys: {sorted(arrays)})"
+        )
+    if "hamiltonians" in arrays and "shifts" not in arrays:
+        raise ValueError(f"{path}: image matrices 'hamiltonians' need their 'shifts' [n_R, 3]")
     if "layers" not in arrays and not {"positions", "orbital_counts"} <= arrays.keys():
         raise ValueError(
             f"{path}: give 'layers' (principal-layer sizes) or both 'positions' and "
@@ -109,18 +134,43 @@ def _load(path: Path) -> dict[str, np.ndarray]:
 def _device(arrays, path_label: str):
     from hamjax.transport import principal_layers
 
-    h = np.asarray(arrays["hamiltonian"])
-    s = np.asarray(arrays["overlap"]) if "overlap" in arrays else None
+    images = "hamiltonians" in arrays
+    key = "hamiltonians" if images else "hamiltonian"
+    h = np.asarray(arrays[key])
+    s_key = "overlaps" if images else "overlap"
+    s = np.asarray(arrays[s_key]) if s_key in arrays else None
     if not np.issubdtype(h.dtype, np.number) or h.dtype == bool:
-        raise ValueError(f"{path_label}: 'hamiltonian' must be numeric, got {h.dtype}")
+        raise ValueError(f"{path_label}: '{key}' must be numeric, got {h.dtype}")
+    if images and h.ndim != 3:
+        raise ValueError(f"{path_label}: 'hamiltonians' must be [n_R, n, n], got {h.shape}")
     if "layers" in arrays:
         layers = np.asarray(arrays["layers"])
         if layers.ndim != 1 or not np.issubdtype(layers.dtype, np.integer):
             raise ValueError(f"{path_label}: 'layers' must be a 1-D integer array")
         layers = tuple(int(b) for b in layers)
+    elif images:  # the sparsity of all images together
+        pattern_s = None if s is None else np.abs(s).sum(0)
+        layers = principal_layers(
+            arrays["positions"], arrays["orbital_counts"], np.abs(h).sum(0), pattern_s
+        )
     else:
         layers = principal_layers(arrays["positions"], arrays["orbital_counts"], h, s)
     return h, s, layers
+
+
+def _image_potential_drop(hamiltonians, overlaps, shifts, layers, bias):
+    """The linear potential drop of :func:`hamjax.transport.linear_potential_drop` on every
+    image: ``H_ij(R) += S_ij(R) (U_i + U_j) / 2`` (U depends on the layer only, which a
+    transverse shift keeps); without overlaps only ``H(0)`` changes."""
+    from hamjax.transport import linear_potential_drop
+
+    out = np.array(hamiltonians, dtype=np.result_type(hamiltonians, np.float64))
+    for r, shift in enumerate(np.asarray(shifts)):
+        if overlaps is not None:
+            out[r] = linear_potential_drop(out[r], overlaps[r], layers, bias)
+        elif not np.any(shift):
+            out[r] = linear_potential_drop(out[r], None, layers, bias)
+    return out
 
 
 def _write_png(path, energies, t, mu_l, mu_r, exact=None) -> None:
@@ -153,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
         linear_potential_drop,
         spectral_current,
         transmission,
+        transmission_kpoints,
     )
 
     if args.write_example is not None:
@@ -184,19 +235,53 @@ def run(args: argparse.Namespace) -> int:
     if not args.eta > 0:
         raise ValueError(f"--eta must be positive, got {args.eta}")
     energies = np.linspace(start, stop, int(num))
+    images = "hamiltonians" in arrays
+    if images and args.kgrid is None:
+        raise ValueError(
+            f"{label}: image matrices ('hamiltonians', 'shifts') need --kgrid 1 N2 N3 "
+            "(transverse k-points; 1 1 1 for Gamma only)"
+        )
+    if args.kgrid is not None and not images:
+        raise ValueError(
+            f"{label}: --kgrid needs an .npz with image matrices 'hamiltonians' and 'shifts' "
+            "(one [n, n] matrix per transverse lattice shift)"
+        )
 
     try:
         h, s, layers = _device(arrays, label)
-        if args.potential_drop:
-            h = linear_potential_drop(h, s, layers, args.bias)
-        t0 = time.perf_counter()
-        result = transmission(
-            h, s, layers, energies, eta=args.eta, chunk_size=args.chunk_size, progress=True
-        )
+        if images:
+            shifts = np.asarray(arrays["shifts"])
+            if args.potential_drop:
+                if shifts.ndim != 2 or shifts.shape[1:] != (3,):
+                    raise ValueError(f"shifts must be [n_R, 3], got shape {shifts.shape}")
+                h = _image_potential_drop(h, s, shifts, layers, args.bias)
+            t0 = time.perf_counter()
+            kresult = transmission_kpoints(
+                h,
+                s,
+                shifts,
+                layers,
+                energies,
+                tuple(args.kgrid),
+                eta=args.eta,
+                chunk_size=args.chunk_size,
+                progress=True,
+            )
+            residual_left = np.max(np.asarray(kresult.residual_left), axis=0)
+            residual_right = np.max(np.asarray(kresult.residual_right), axis=0)
+            result = (kresult.transmission, residual_left, residual_right)
+        else:
+            kresult = None
+            if args.potential_drop:
+                h = linear_potential_drop(h, s, layers, args.bias)
+            t0 = time.perf_counter()
+            result = transmission(
+                h, s, layers, energies, eta=args.eta, chunk_size=args.chunk_size, progress=True
+            )
     except ValueError as err:
         raise ValueError(f"{label}: {err}") from err
     seconds = time.perf_counter() - t0
-    t = np.asarray(result.transmission)
+    t, residual_left, residual_right = (np.asarray(x) for x in result)
     amps = float(current(energies, t, args.bias, fermi_level=fermi, temperature=args.temperature))
     density = np.asarray(
         spectral_current(energies, t, args.bias, fermi_level=fermi, temperature=args.temperature)
@@ -220,14 +305,14 @@ def run(args: argparse.Namespace) -> int:
             energies,
             t,
             density,
-            np.asarray(result.residual_left),
-            np.asarray(result.residual_right),
+            residual_left,
+            residual_right,
             strict=True,
         ):
             writer.writerow([f"{x:.12g}" for x in row])
     summary = {
         "input": label,
-        "n_orbitals": int(h.shape[0]),
+        "n_orbitals": int(h.shape[-1]),
         "layers": list(layers),
         "bias_v": args.bias,
         "temperature_k": args.temperature,
@@ -237,14 +322,26 @@ def run(args: argparse.Namespace) -> int:
         "eta_ev": args.eta,
         "potential_drop": bool(args.potential_drop),
         "current_a": amps,
-        "max_residual_left": float(np.max(result.residual_left)),
-        "max_residual_right": float(np.max(result.residual_right)),
+        "max_residual_left": float(np.max(residual_left)),
+        "max_residual_right": float(np.max(residual_right)),
         "seconds": seconds,
         "jax_version": jax.__version__,
         "device": str(jax.devices()[0]),
         "energies_ev": energies.tolist(),
         "transmission": t.tolist(),
     }
+    if kresult is not None:
+        summary.update(
+            {
+                "kgrid": [int(n) for n in args.kgrid],
+                "n_images": int(h.shape[0]),
+                "shifts": np.asarray(arrays["shifts"]).astype(int).tolist(),
+                "kpoints": np.asarray(kresult.kpoints).tolist(),
+                "kpoint_weights": np.asarray(kresult.weights).tolist(),
+                "overlap_min_eigenvalue": np.asarray(kresult.overlap_min_eigenvalue).tolist(),
+                "transmission_k": np.asarray(kresult.transmission_k).tolist(),
+            }
+        )
     exact = None
     if is_example:
         exact = example_exact_transmission(energies)
@@ -253,9 +350,19 @@ def run(args: argparse.Namespace) -> int:
     (out / "transport.json").write_text(json.dumps(summary, indent=1))
     _write_png(out / "transmission.png", energies, t, mu_l, mu_r, exact)
 
-    print(
-        f"{len(energies)} energies in {seconds:.2f} s ({h.shape[0]} orbitals, {len(layers)} layers)"
-    )
+    size = f"{h.shape[-1]} orbitals, {len(layers)} layers"
+    if kresult is None:
+        print(f"{len(energies)} energies in {seconds:.2f} s ({size})")
+    else:
+        n_k = len(kresult.kpoints)
+        print(
+            f"{len(energies)} energies x {n_k} k-points (grid {' x '.join(map(str, args.kgrid))}"
+            f", {h.shape[0]} images) in {seconds:.2f} s ({size}); T(E) averaged over k-points, "
+            "per transverse cell"
+        )
+        print("   E (eV)   T(E) k-averaged")
+        for k in np.unique(np.linspace(0, len(energies) - 1, min(9, len(energies))).astype(int)):
+            print(f"  {energies[k]:7.3f}   {t[k]:10.6f}")
     if is_example:
         print("   E (eV)   T computed   T exact")
         for e in (-2.5, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.5):

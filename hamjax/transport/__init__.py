@@ -6,6 +6,8 @@ point: ``jax.config.update("jax_enable_x64", True)``).
 
 - :func:`transmission` — T(E) of a two-terminal device from H, S and principal layers
   (NumPy, scipy.sparse or JAX input; jit/grad/jvp with static layers).
+- :func:`transmission_kpoints` — T(E) per transverse cell of a device periodic across the
+  transport axis, averaged over transverse k-points (image matrices H(R), S(R)).
 - :func:`open_channels` — number of open channels of a periodic lead (its own T(E)).
 - :func:`lead_bands`, :func:`lead_fermi_level` — a lead's bands and the Fermi level its
   electrons set.
@@ -25,6 +27,13 @@ from hamjax.transport.current import (
     linear_potential_drop,
     spectral_current,
 )
+from hamjax.transport.kpoints import (
+    KPointTransmission,
+    bloch_matrix,
+    monkhorst_pack,
+    time_reversal_reduce,
+    transmission_kpoints,
+)
 from hamjax.transport.layers import check_device, principal_layers
 from hamjax.transport.rgf import (
     DEFAULT_ETA,
@@ -42,6 +51,11 @@ __all__ = [
     "Lead",
     "TransmissionResult",
     "transmission",
+    "KPointTransmission",
+    "transmission_kpoints",
+    "monkhorst_pack",
+    "time_reversal_reduce",
+    "bloch_matrix",
     "open_channels",
     "lead_bands",
     "lead_fermi_level",
