@@ -50,7 +50,7 @@ def by_image_count(folded, on_pairs, images: np.ndarray) -> list[dict]:
     sizes = np.diff(folded.block_offsets)
     error = block_sums(folded, np.abs(folded.hamiltonian - on_pairs.hamiltonian))
     size = block_sums(on_pairs, np.abs(on_pairs.hamiltonian))
-    is_node = folded.pairs[:, 0] == folded.pairs[:, 1]
+    is_node = (folded.pairs[:, 0] == folded.pairs[:, 1]) & ~folded.shifts.any(axis=1)
     rows = []
     for part, mask in (("node", is_node), ("edge", ~is_node)):
         for count in np.unique(images[mask]):
@@ -78,7 +78,10 @@ def evaluate(predictor, records: dict) -> dict:
     out = {}
     for name, predicted in zip(names, predictions, strict=True):
         folded, on_pairs = fold_prediction(predicted, records[name])
-        images = images_per_block(predicted, folded)
+        if records[name].image_resolved:  # compared per image: one image per block
+            images = np.ones(len(folded.pairs), dtype=int)
+        else:
+            images = images_per_block(predicted, folded)
         out[name] = {
             "atoms": len(records[name].numbers),
             **mae_row(entry_errors(folded, on_pairs)),

@@ -158,6 +158,12 @@ class VCMConfig:
             4.6e-7 A with 120 (23% low), 5.8e-7 A with 240 and 6.02e-7 A with 480 (430
             used) against 6.03e-7 A with its peaks resolved to 0.1 meV; its prediction
             stopped at 239.
+        transport_kgrid: Monkhorst-Pack grid of transverse k-points ``(1, n_b, n_c)`` of the
+            transport (:func:`hamjax.transport.transmission_kpoints`, image-resolved records
+            only): T(E) is the k-average per transverse cell. ``(1, 1, 1)``: Gamma, the
+            images summed. With more than one k-point the predicted device has its own leads
+            only (``prediction_leads`` "reference" and "both" need Gamma), and the
+            sensitivity maps stay at Gamma.
         sensitivity_device: test device for the sensitivity maps ("" skips them).
         prediction_leads: the leads of the predicted device. "predicted": its own TiN ends,
             as in the paper (the whole device predicted); "reference": the reference's lead
@@ -199,8 +205,21 @@ class VCMConfig:
     align_to_electrode_fermi_level: bool = True
     finite_difference_atoms: int = 2
     finite_difference_step_angstrom: float = 1e-5
+    transport_kgrid: tuple[int, int, int] = (1, 1, 1)
 
     def __post_init__(self):
+        grid = tuple(int(n) for n in self.transport_kgrid)
+        if len(grid) != 3 or grid[0] != 1 or min(grid) < 1:
+            raise ValueError(
+                f"VCMConfig: transport_kgrid must be (1, n_b, n_c) with n >= 1 (one point along "
+                f"the transport axis), got {self.transport_kgrid}"
+            )
+        object.__setattr__(self, "transport_kgrid", grid)
+        if grid != (1, 1, 1) and self.prediction_leads == "reference":
+            raise ValueError(
+                "VCMConfig: prediction_leads 'reference' needs transport_kgrid (1, 1, 1) "
+                "(k-point transport uses each device's own leads)"
+            )
         if self.energy_window_ev <= self.bias_volt / 2:
             raise ValueError(
                 f"VCMConfig: energy_window_ev ({self.energy_window_ev}) must exceed half the "
@@ -365,7 +384,9 @@ def compute_references(devices: dict, folder: Path, settings: Mapping, progress:
     from hamjax.reference.tblite import TBLiteSettings
     from hamjax.reference.worker import compute_in_subprocess
 
-    kt = TBLiteSettings(**settings).resolved(periodic=True).electronic_temperature_hartree
+    requested = TBLiteSettings(**settings)
+    kt = requested.resolved(periodic=True).electronic_temperature_hartree
+    images = requested.image_resolved and requested.method == "GFN1-xTB"
     folder.mkdir(parents=True, exist_ok=True)
     records, timings = {}, {}
     bar = tqdm(devices.items(), desc="references (tblite)", disable=not progress, unit="device")
@@ -382,11 +403,13 @@ def compute_references(devices: dict, folder: Path, settings: Mapping, progress:
                 and np.array_equal(cached.numbers, atoms.numbers)
                 and np.allclose(cached.positions, atoms.positions, atol=1e-6)
                 and cached.metadata.get("electronic_temperature_hartree") == kt
+                and cached.image_resolved == images
             ):
                 records[name] = cached
                 continue
-            # A file from another device (changed config) under the same name, or one whose
-            # SCF converged at another electronic temperature: recompute.
+            # A file from another device (changed config) under the same name, one whose
+            # SCF converged at another electronic temperature, or a Gamma-folded one where
+            # images are asked for (or the reverse): recompute.
         bar.set_postfix_str(f"{name}: {len(device['atoms'])} atoms")
         summary = compute_in_subprocess(
             device["atoms"], path, engine="tblite", settings=dict(settings), name=name
@@ -752,17 +775,32 @@ def device_transport(
     the default run's Filament 1 reference 120 refined energies read 0.99 half-way while
     23% low (``experiments/results/vcm_filament1_dense_grid.json``); at 480, 0.98 and 2.6%.
     """
-    from hamjax.transport import current, transmission
+    from hamjax.transport import current, transmission, transmission_kpoints
     from hamjax.transport.grid import refine_grid
 
     if device is None:
         device = transport_device(record, config)
+    kgrid = tuple(config.transport_kgrid)
+    images = None
+    if kgrid != (1, 1, 1):
+        from hamjax.structures import A_TIN
+        from hamjax.two_terminal import open_device_images
+
+        images = open_device_images(
+            record, cutoff=config.transport_cutoff_angstrom, lead_width=config.lead_cells * A_TIN
+        )
     energies = fermi_level_ev + np.linspace(
         -config.energy_window_ev, config.energy_window_ev, config.n_energies
     )
     residuals = []
 
     def transmission_at(e):
+        if images is not None:
+            result = transmission_kpoints(
+                images.hamiltonians, images.overlaps, images.shifts, images.layers, e, kgrid
+            )
+            residuals.append(max(np.max(result.residual_left), np.max(result.residual_right)))
+            return np.asarray(result.transmission)
         result = transmission(
             device.hamiltonian, device.overlap, device.layers, e, leads=device.lead_blocks
         )
@@ -816,6 +854,7 @@ def device_transport(
         "lead_channels": open_,
         "lead_channels_at_fermi": at_fermi,
         "max_residual": float(max(residuals)),
+        "kgrid": list(kgrid),
     }
 
 
@@ -1378,7 +1417,7 @@ def evaluate_stage(
                 channels=False,
                 device=own_leads,
             )
-        if config.prediction_leads in ("reference", "both"):
+        if config.prediction_leads in ("reference", "both") and config.transport_kgrid == (1, 1, 1):
             # the reference's electrodes set the chemical potentials: their Fermi level
             curves["reference"] = device_transport(
                 for_transport[name],

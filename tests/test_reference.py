@@ -449,3 +449,55 @@ def test_image_unfolding_is_exact_only_for_gfn1_form():
         unfold_gfn1(
             atoms, h + h.T, np.zeros((n, n)), np.eye(n) + 0.1, [9, 4] * 4, np.arange(n), np.ones(n)
         )
+
+
+def test_supercell_scf_gives_the_cells_blocks_on_its_k_grid():
+    # tblite has no k-points; an SCF on a 2 x 1 x 1 supercell samples k = 0 and 1/2 along x.
+    # The cell's image blocks with that SCF potential must have, at those two k, exactly
+    # the supercell's levels (direct tblite) and hold the cell's electrons there.
+    atoms = _tin_cell()
+    kt = 0.01
+    record = compute_reference(
+        atoms,
+        "tblite",
+        electronic_temperature_hartree=kt,
+        mixer_damping=0.4,
+        scf_supercell=(2, 1, 1),
+    )
+    assert record.metadata["k_grid"] == [2, 1, 1] and len(record.numbers) == 8
+    direct = _direct_tblite(atoms.repeat((2, 1, 1)), kt)
+    levels = np.concatenate(
+        [
+            scipy.linalg.eigh(
+                record.to_dense(k=k), record.to_dense("overlap", k=k), eigvals_only=True
+            )
+            for k in (None, (0.5, 0.0, 0.0))
+        ]
+    )
+    assert np.abs(np.sort(levels) - np.sort(direct["orbital-energies"])).max() < 1e-6
+    checks = record.metadata["image_checks"]
+    assert checks["electron_count_error"] < 1e-4
+    assert record.metadata["n_electrons"] == pytest.approx(direct["orbital-occupations"].sum() / 2)
+
+
+def test_supercell_scf_needs_periodic_axes():
+    molecule_like = _tin_cell()
+    molecule_like.pbc = [True, True, False]
+    with pytest.raises(ValueError, match="non-periodic axis"):
+        compute_reference(molecule_like, "tblite", scf_supercell=(1, 1, 2))
+
+
+def test_windowed_clusters_give_the_same_images(tin_core_images, monkeypatch):
+    # Clusters cut into windows along the cell (cheaper for long cells) must give the same
+    # blocks as whole clusters: force the most windows and compare.
+    from hamjax.reference import images
+
+    monkeypatch.setattr(images, "_CALL_COST_PAIRS", -(10**9))
+    windowed = compute_reference(_tin_cell(), "tblite", hamiltonian="core")
+    unfolding = windowed.metadata["unfolding"]
+    assert unfolding["n_clusters"] > (unfolding["n_images"] + 1) // 2
+    reference = tin_core_images
+    same = windowed.on_blocks(reference.pairs, reference.shifts)
+    assert len(windowed.pairs) == len(reference.pairs)
+    np.testing.assert_allclose(same.hamiltonian, reference.hamiltonian, atol=1e-12)
+    np.testing.assert_allclose(same.overlap, reference.overlap, atol=1e-14)

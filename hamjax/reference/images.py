@@ -305,8 +305,8 @@ def unfold_gfn1(
         )
         mirror = tuple(-x for x in shift)
         found[mirror] = (
-            copy[c],
-            home[r],
+            found[shift][1],
+            found[shift][0],
             [b.T for b in found[shift][2]],
             [b.T for b in found[shift][3]],
         )

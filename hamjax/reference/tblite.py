@@ -64,6 +64,7 @@ import numpy as np
 
 from hamjax.blocks import BlockHamiltonian
 from hamjax.constants import BOHR_ANGSTROM
+from hamjax.kgrid import monkhorst_pack
 from hamjax.reference._common import (
     SCFConvergenceError,
     dense_to_record,
@@ -86,7 +87,6 @@ __all__ = [
     "check_image_record",
     "electron_count",
     "hermiticity_error",
-    "monkhorst_pack",
 ]
 
 #: tblite's own default electronic temperature (kT, Hartree), about 300 K.
@@ -131,8 +131,13 @@ class TBLiteSettings:
             out (0: keep every pair that tblite couples).
         image_resolved: for periodic structures with GFN1-xTB, store one block per lattice
             image ``(i, j, R)`` (:mod:`hamjax.reference.images`) instead of Gamma sums.
+        scf_supercell: run the SCF on this supercell of a periodic cell, so that its density
+            samples the Gamma-centred k-grid of the same size (tblite has no k-points), and
+            store the cell's image blocks with that SCF potential (``image_resolved`` only).
+            The record's own k-grid is then this grid: its electron count and its levels
+            at every k-point of it are checked against the supercell's SCF.
         kgrid_electron_count: besides the SCF's own k-grid, count the electrons of the
-            image-resolved ``H(k)``, ``S(k)`` on this Monkhorst-Pack grid at the record's
+            image-resolved ``H(k)``, ``S(k)`` on this Gamma-centred grid at the record's
             Fermi level (recorded, not checked: the SCF samples only Gamma of the cell, so a
             finer grid shows how far that sampling is from k-converged). None: skip.
     """
@@ -153,6 +158,7 @@ class TBLiteSettings:
     hamiltonian: str = "scf"
     threshold: float = 0.0
     image_resolved: bool = True
+    scf_supercell: tuple[int, int, int] = (1, 1, 1)
     kgrid_electron_count: tuple[int, int, int] | None = None
 
     def __post_init__(self):
@@ -172,6 +178,10 @@ class TBLiteSettings:
                 "annealing",
                 (float(self.annealing[0]), int(self.annealing[1]), int(self.annealing[2])),
             )
+        grid = tuple(int(n) for n in self.scf_supercell)
+        if len(grid) != 3 or min(grid) < 1:
+            raise ValueError(f"scf_supercell must be 3 positive integers, got {grid}")
+        object.__setattr__(self, "scf_supercell", grid)
         if self.kgrid_electron_count is not None:
             grid = tuple(int(n) for n in self.kgrid_electron_count)
             if len(grid) != 3 or min(grid) < 1:
@@ -437,7 +447,15 @@ def tblite_reference(
         if unknown:
             raise ValueError(f"unknown tblite setting(s) {sorted(unknown)}")
         settings = dataclasses.replace(settings, **overrides)
-    result = run_tblite(atoms, settings, name=name)
+    periodic = bool(np.any(atoms.pbc))
+    images = periodic and settings.image_resolved and settings.method == "GFN1-xTB"
+    supercell = settings.scf_supercell != (1, 1, 1)
+    if supercell and not images:
+        raise ValueError("scf_supercell needs a periodic structure, GFN1-xTB and image_resolved")
+    if supercell:
+        result, supercell_checks = _supercell_scf(atoms, settings, name)
+    else:
+        result, supercell_checks = run_tblite(atoms, settings, name=name), None
     numbers = np.asarray(atoms.numbers, dtype=int)
     basis, perm, signs = _conversion(numbers, result)
     flip = signs[:, None] * signs[None, :]
@@ -454,8 +472,6 @@ def tblite_reference(
     fermi = fermi_level_from_orbitals(
         result.orbital_energies, result.occupations, used.electronic_temperature_hartree
     )
-    periodic = bool(np.any(atoms.pbc))
-    images = periodic and settings.image_resolved and settings.method == "GFN1-xTB"
     metadata = {
         "source": "tblite",
         "name": name,
@@ -487,7 +503,7 @@ def tblite_reference(
         "retried": len(result.attempts) > 1,
         "wall_time_s": result.wall_time_s,
         "total_energy_hartree": result.energy,
-        "n_electrons": fermi["n_electrons"],
+        "n_electrons": float(fermi["n_electrons"] / np.prod(settings.scf_supercell)),
         "homo_hartree": fermi["homo"],
         "lumo_hartree": fermi["lumo"],
         "gap_hartree": fermi["gap"],
@@ -497,7 +513,14 @@ def tblite_reference(
         "openblas_preload": active_openblas(),
     }
     if images:
-        return _image_record(atoms, result, basis, perm, signs, fermi, used, settings, metadata)
+        if supercell_checks is not None:
+            metadata["scf_supercell"] = list(settings.scf_supercell)
+            metadata["total_energy_hartree"] = result.energy
+        record = _image_record(atoms, result, basis, perm, signs, fermi, used, settings, metadata)
+        if supercell_checks is not None:
+            record.metadata["image_checks"].update(supercell_checks)
+            _check_supercell_levels(record, result, settings.scf_supercell)
+        return record
     return dense_to_record(
         atoms,
         basis,
@@ -552,8 +575,10 @@ def _image_record(atoms, result, basis, perm, signs, fermi, used, settings, meta
     gamma_h = flip * (result.core_hamiltonian if core else result.hamiltonian)[np.ix_(perm, perm)]
     gamma_s = flip * result.overlap[np.ix_(perm, perm)]
     kt = used.electronic_temperature_hartree
-    electrons = None if core else fermi["n_electrons"]
-    checks = check_image_record(record, gamma_h, gamma_s, electrons, kt)
+    electrons = None if core else fermi["n_electrons"] / np.prod(settings.scf_supercell)
+    checks = check_image_record(
+        record, gamma_h, gamma_s, electrons, kt, kgrid=settings.scf_supercell
+    )
     if settings.kgrid_electron_count is not None and not core:
         grid = settings.kgrid_electron_count
         checks["electron_count_kgrid"] = list(grid)
@@ -565,15 +590,9 @@ def _image_record(atoms, result, basis, perm, signs, fermi, used, settings, meta
         image_checks=checks,
         max_dropped_block_hartree=dropped,
         block_threshold=float(settings.threshold),
-        k_grid=[1, 1, 1],
+        k_grid=list(settings.scf_supercell),
     )
     return record.replace(metadata=metadata)
-
-
-def monkhorst_pack(grid) -> np.ndarray:
-    """``[n_k, 3]`` fractional k-points of a Gamma-centred grid ``(n1, n2, n3)``."""
-    axes = [(np.arange(n) - (n - 1) // 2) / n if n > 0 else np.zeros(1) for n in grid]
-    return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
 
 
 def electron_count(record, grid, fermi_level: float, kt: float) -> float:
@@ -581,7 +600,7 @@ def electron_count(record, grid, fermi_level: float, kt: float) -> float:
     degenerate) at ``fermi_level`` (Hartree) and Fermi-Dirac smearing ``kt`` (Hartree)."""
     import scipy.linalg
 
-    kpoints = monkhorst_pack(grid)
+    kpoints = monkhorst_pack(grid, gamma_centred=True)
     total = 0.0
     for k in kpoints:
         kk = None if not np.any(k) else k
@@ -595,14 +614,19 @@ def electron_count(record, grid, fermi_level: float, kt: float) -> float:
     return total / len(kpoints)
 
 
-def check_image_record(record, gamma_hamiltonian, gamma_overlap, n_electrons, kt) -> dict:
+def check_image_record(
+    record, gamma_hamiltonian, gamma_overlap, n_electrons, kt, *, kgrid=(1, 1, 1)
+) -> dict:
     """The three checks every image-resolved record passes (module docstring).
 
     Args:
         record: image-resolved :class:`BlockHamiltonian` (Hartree, hamjax order).
         gamma_hamiltonian, gamma_overlap: the SCF's Gamma-point F and S (hamjax order).
-        n_electrons: electrons of the SCF (None: no count, e.g. for a core Hamiltonian).
+        n_electrons: electrons of the SCF per cell (None: no count, e.g. for a core
+            Hamiltonian).
         kt: its electronic temperature (Hartree).
+        kgrid: the SCF's own k-grid (Gamma-centred; ``(1, 1, 1)``: the cell at Gamma, else
+            ``scf_supercell``), on which the electrons are counted.
 
     Returns:
         the residuals: ``hamiltonian_folding_hartree``, ``overlap_folding``,
@@ -618,7 +642,7 @@ def check_image_record(record, gamma_hamiltonian, gamma_overlap, n_electrons, kt
         "hermiticity_hartree": hermiticity_error(record),
     }
     if n_electrons is not None:
-        count = electron_count(record, (1, 1, 1), record.fermi_level, kt)
+        count = electron_count(record, kgrid, record.fermi_level, kt)
         checks["electron_count"] = count
         checks["electron_count_error"] = abs(count - n_electrons)
     name = record.metadata.get("name") if record.metadata else None
@@ -651,3 +675,95 @@ def hermiticity_error(record) -> float:
             other = 0.0 if mirror is None else record.block(mirror, which).T
             worst = max(worst, float(np.abs(block - other).max(initial=0.0)))
     return worst
+
+
+def _integrals(atoms, settings: TBLiteSettings):
+    """tblite's Gamma-point ``H0``, ``S`` (tblite order) and shell tables of a periodic cell,
+    without an SCF (stopped before its first cycle; the integrals do not depend on it)."""
+    from tblite.interface import Calculator, Result
+
+    calc = Calculator(
+        settings.method,
+        np.asarray(atoms.numbers, dtype=int),
+        np.asarray(atoms.positions, float) / BOHR_ANGSTROM,
+        lattice=np.asarray(atoms.cell.array, float) / BOHR_ANGSTROM,
+        periodic=np.asarray(atoms.pbc, dtype=bool),
+        color=False,
+        logger=lambda _: None,
+    )
+    calc.set("save-integrals", 1)
+    calc.set("accuracy", float(settings.accuracy))
+    calc.set("max-iter", 0)
+    res = Result()
+    try:
+        calc.singlepoint(res)
+    except Exception as err:
+        if "not converged" not in str(err).lower():
+            raise
+    return (
+        np.asarray(res.get("hamiltonian-matrix")),
+        np.asarray(res.get("overlap-matrix")),
+        np.asarray(calc.get("angular-momenta")),
+        np.asarray(calc.get("shell-map")),
+    )
+
+
+def _supercell_scf(atoms, settings: TBLiteSettings, name):
+    """The cell's Gamma matrices with the SCF potential of its ``scf_supercell``.
+
+    The supercell's atoms are the cell's, copy after copy (``ase.Atoms.repeat``), and its
+    orbitals follow them, so the potential of copy ``c`` is ``v[c * n:(c + 1) * n]``. The
+    copies are equivalent by translation: their potentials agree to the SCF's convergence
+    (the spread is recorded) and their mean is used. Returns a :class:`TBLiteResult` whose
+    ``hamiltonian`` is ``H0 + S o (v_m + v_n) / 2`` of the cell at Gamma and whose levels and
+    occupations are the supercell's, and the supercell checks.
+    """
+    reps = settings.scf_supercell
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    if any(r > 1 and not p for r, p in zip(reps, pbc, strict=True)):
+        raise ValueError(f"scf_supercell {reps} repeats a non-periodic axis (pbc {pbc.tolist()})")
+    label = f"{name or atoms.get_chemical_formula()} x{reps[0]}x{reps[1]}x{reps[2]}"
+    big = run_tblite(atoms.repeat(reps), settings, name=label)
+    core, overlap, shell_l, shell_atoms = _integrals(atoms, big.settings)
+    n, copies = core.shape[0], int(np.prod(reps))
+    v = np.diag(big.hamiltonian - big.core_hamiltonian) / np.diag(big.overlap)
+    v = v.reshape(copies, n)
+    spread = float(np.abs(v - v.mean(axis=0)).max())
+    v = v.mean(axis=0)
+    result = dataclasses.replace(
+        big,
+        hamiltonian=core + 0.5 * overlap * (v[:, None] + v[None, :]),
+        core_hamiltonian=core,
+        overlap=overlap,
+        shell_angular_momenta=shell_l,
+        shell_atoms=shell_atoms,
+        energy=big.energy / copies,
+    )
+    return result, {"supercell_potential_spread_hartree": spread}
+
+
+def _check_supercell_levels(record, supercell: TBLiteResult, grid, tolerance: float = 1e-6):
+    """The levels of the record's ``H(k)``, ``S(k)`` on the Gamma-centred ``grid`` are the
+    supercell SCF's orbital energies (a supercell's Gamma point folds exactly those k);
+    records the largest difference (Hartree) and raises above ``tolerance``."""
+    import scipy.linalg
+
+    levels = []
+    for k in monkhorst_pack(grid, gamma_centred=True):
+        kk = None if not np.any(k) else k
+        levels.append(
+            scipy.linalg.eigh(
+                record.to_dense("hamiltonian", k=kk),
+                record.to_dense("overlap", k=kk),
+                eigvals_only=True,
+            )
+        )
+    error = float(
+        np.abs(np.sort(np.concatenate(levels)) - np.sort(supercell.orbital_energies)).max()
+    )
+    record.metadata["image_checks"]["supercell_level_error_hartree"] = error
+    if error > tolerance:
+        raise ValueError(
+            f"image-resolved record {record.metadata.get('name') or ''}: its levels on the "
+            f"k-grid {tuple(grid)} differ from the supercell SCF's by {error:.2e} Ha"
+        )

@@ -55,6 +55,9 @@ def summarise(record, path: str | os.PathLike | None = None) -> dict:
         "gap_hartree": meta.get("gap_hartree"),
         "settings": meta.get("settings"),
         "openblas_preload": meta.get("openblas_preload"),
+        "image_resolved": bool(meta.get("image_resolved", False)),
+        "image_checks": meta.get("image_checks"),
+        "unfolding_s": (meta.get("unfolding") or {}).get("wall_time_s"),
     }
 
 
