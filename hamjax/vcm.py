@@ -404,12 +404,13 @@ def compute_references(devices: dict, folder: Path, settings: Mapping, progress:
                 and np.allclose(cached.positions, atoms.positions, atol=1e-6)
                 and cached.metadata.get("electronic_temperature_hartree") == kt
                 and cached.image_resolved == images
+                and cached.metadata.get("k_grid", [1, 1, 1]) == list(requested.scf_supercell)
             ):
                 records[name] = cached
                 continue
             # A file from another device (changed config) under the same name, one whose
-            # SCF converged at another electronic temperature, or a Gamma-folded one where
-            # images are asked for (or the reverse): recompute.
+            # SCF converged at another electronic temperature or k-grid, or a Gamma-folded
+            # one where images are asked for (or the reverse): recompute.
         bar.set_postfix_str(f"{name}: {len(device['atoms'])} atoms")
         summary = compute_in_subprocess(
             device["atoms"], path, engine="tblite", settings=dict(settings), name=name
