@@ -104,18 +104,8 @@ def device_references(config, folder: Path, names: list[str], cells=None) -> dic
         sensitivity_device="",
     )
     if cells is not None:
-        # the same k-sampling of the SCF: a supercell SCF of the narrow cell (tblite
-        # scf_supercell) is the wide cell's own Gamma point when the cells divide it
-        supercell = tuple(config.tblite.get("scf_supercell", (1, 1, 1)))
-        wide = (1, *cells)
-        if any(s % c and s > 1 for s, c in zip(supercell, wide, strict=True)):
-            raise ValueError(f"scf_supercell {supercell} is not a multiple of the cells {wide}")
-        tblite = {
-            **config.tblite,
-            "scf_supercell": tuple(max(1, s // c) for s, c in zip(supercell, wide, strict=True)),
-        }
         chosen = dataclasses.replace(
-            chosen, device={**config.device, "transverse_cells": tuple(cells)}, tblite=tblite
+            chosen, device={**config.device, "transverse_cells": tuple(cells)}
         )
     devices = {n: d for n, d in vcm.build_devices(chosen).items() if d["role"] == "test"}
     records = vcm.compute_references(devices, folder, chosen.tblite, progress=True)["records"]

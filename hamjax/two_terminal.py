@@ -11,9 +11,11 @@ principal layer), so each electrode must hold at least two whole lead cells.
 
 Principal layers are slabs of a fixed width along the transport axis: two lead cells at each
 end, counted from that end, and the rest split evenly into slabs at least ``layer_width`` wide.
-Every kept coupling is shorter than ``cutoff`` <= ``layer_width``, so slabs couple only to
-their neighbours, which is what the block-tridiagonal solver needs. The same cut applies to a
-reference and to a prediction, so their transmissions are comparable.
+Every kept coupling reaches less than ``cutoff`` <= ``layer_width`` along the axis (a
+Gamma-folded pair: its minimum-image distance; an image-resolved block: its projection on the
+axis, with every transverse image kept), so slabs couple only to their neighbours, which
+is what the block-tridiagonal solver needs. The same cut applies to a reference and to a
+prediction, so their transmissions are comparable.
 
 Image-resolved records (blocks per lattice image ``(i, j, R)``) can keep their transverse
 images apart instead (:func:`open_device_images`): one matrix per transverse shift ``R``, for
@@ -285,10 +287,15 @@ def _cut(
 
     i, j = record.pairs[:, 0], record.pairs[:, 1]
     vectors = record.positions[j] - record.positions[i] + record.shifts @ record.cell
-    if np.all(record.shifts == 0) and record.pbc.any():
-        vectors = minimum_image(vectors, record.cell, record.pbc)  # Gamma-folded pairs
+    if record.image_resolved:
+        # Only the reach along the axis makes the problem block-tridiagonal; every transverse
+        # image is kept, so that S(k) is the reference's (cut transversally at 10 A, the
+        # GFN1-xTB overlap of a 4.24 A wide VCM cell is not positive definite).
+        near = np.abs(vectors[:, axis]) <= cutoff
+    else:  # Gamma-folded pairs: placed by the minimum image, as the sum of their images
+        vectors = minimum_image(vectors, record.cell, record.pbc)
+        near = np.linalg.norm(vectors, axis=1) <= cutoff
     inside = inside_cell(x[i], vectors[:, axis], length)
-    near = np.linalg.norm(vectors, axis=1) <= cutoff
     keep = inside & near
 
     sizes = np.diff(record.block_offsets)

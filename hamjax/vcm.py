@@ -376,6 +376,24 @@ def reference_file(folder: Path, name: str) -> Path:
     return Path(folder) / f"{_file_name(name)}.npz"
 
 
+def device_tblite_settings(settings: Mapping, device: Mapping) -> dict:
+    """The tblite settings of one device: ``scf_supercell`` is the k-sampling of a device one
+    TiN cell across, so a device ``(n_y, n_z)`` cells across gets it divided by its cells
+    (a 2 x 2 device at its Gamma point is sampled like a narrow one with (1, 2, 2))."""
+    settings = dict(settings)
+    supercell = tuple(settings.get("scf_supercell", (1, 1, 1)))
+    spec = device.get("spec")
+    cells = (1, *tuple(spec.transverse_cells)) if spec is not None else (1, 1, 1)
+    if supercell == (1, 1, 1) or cells == (1, 1, 1):
+        return settings
+    if any(s > 1 and s % c for s, c in zip(supercell, cells, strict=True)):
+        raise ValueError(
+            f"tblite scf_supercell {supercell} is not a multiple of a device's cells {cells}"
+        )
+    settings["scf_supercell"] = tuple(max(1, s // c) for s, c in zip(supercell, cells, strict=True))
+    return settings
+
+
 def compute_references(devices: dict, folder: Path, settings: Mapping, progress: bool) -> dict:
     """Reference records of every device (tblite), cached as dataset files in ``folder``."""
     from tqdm.auto import tqdm
@@ -392,6 +410,7 @@ def compute_references(devices: dict, folder: Path, settings: Mapping, progress:
     bar = tqdm(devices.items(), desc="references (tblite)", disable=not progress, unit="device")
     for name, device in bar:
         path = reference_file(folder, name)
+        own = device_tblite_settings(settings, device)
         if path.exists():
             try:
                 cached = dataset.load(path)
@@ -404,7 +423,8 @@ def compute_references(devices: dict, folder: Path, settings: Mapping, progress:
                 and np.allclose(cached.positions, atoms.positions, atol=1e-6)
                 and cached.metadata.get("electronic_temperature_hartree") == kt
                 and cached.image_resolved == images
-                and cached.metadata.get("k_grid", [1, 1, 1]) == list(requested.scf_supercell)
+                and cached.metadata.get("k_grid", [1, 1, 1])
+                == list(own.get("scf_supercell", (1, 1, 1)))
             ):
                 records[name] = cached
                 continue
@@ -413,7 +433,7 @@ def compute_references(devices: dict, folder: Path, settings: Mapping, progress:
             # one where images are asked for (or the reverse): recompute.
         bar.set_postfix_str(f"{name}: {len(device['atoms'])} atoms")
         summary = compute_in_subprocess(
-            device["atoms"], path, engine="tblite", settings=dict(settings), name=name
+            device["atoms"], path, engine="tblite", settings=own, name=name
         )
         if summary.get("status") != "done":
             raise RuntimeError(

@@ -485,3 +485,21 @@ def test_image_resolved_reference_is_compared_per_image():
     np.testing.assert_array_equal(for_transport.overlap, resolved.overlap)
     # (predicted on the home cell, zero on the images it does not predict)
     np.testing.assert_allclose(for_transport.to_dense(), folded_sum, atol=1e-12)
+
+
+def test_wider_devices_keep_the_k_sampling_of_the_narrow_ones():
+    from types import SimpleNamespace
+
+    from hamjax.vcm import device_tblite_settings
+
+    settings = {"electronic_temperature_hartree": 0.06, "scf_supercell": (1, 2, 2)}
+    narrow = {"spec": SimpleNamespace(transverse_cells=(1, 1))}
+    wide = {"spec": SimpleNamespace(transverse_cells=(2, 2))}
+    odd = {"spec": SimpleNamespace(transverse_cells=(3, 1))}
+    assert device_tblite_settings(settings, narrow)["scf_supercell"] == (1, 2, 2)
+    assert device_tblite_settings(settings, wide) == {**settings, "scf_supercell": (1, 1, 1)}
+    with pytest.raises(ValueError, match="not a multiple"):
+        device_tblite_settings(settings, odd)
+    assert device_tblite_settings({"electronic_temperature_hartree": 0.06}, wide) == {
+        "electronic_temperature_hartree": 0.06
+    }
