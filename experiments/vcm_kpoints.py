@@ -26,31 +26,32 @@ from pathlib import Path
 import numpy as np
 
 
+def lead_overlap_min_eigenvalue(lead, n_theta: int = 24) -> float:
+    """Smallest eigenvalue of a lead's Bloch overlap ``S00 + S01 e^(i t) + S01^H e^(-i t)``
+    along the transport axis over ``n_theta`` phases ``t`` in [0, pi]."""
+    s00, s01 = np.asarray(lead.overlap_onsite), np.asarray(lead.overlap_hopping)
+    return float(
+        min(
+            np.linalg.eigvalsh(s00 + s01 * np.exp(1j * t) + s01.conj().T * np.exp(-1j * t))[0]
+            for t in np.linspace(0.0, np.pi, n_theta)
+        )
+    )
+
+
 def lead_channels_per_k(images, kgrid, fermi_level_ev: float) -> list[dict]:
     """Open channels of the left and right lead at ``fermi_level_ev`` for every k-point of the
-    (time-reversal reduced) ``kgrid``: ``[{"k", "weight", "left", "right"}, ...]``."""
-    from hamjax.transport import Lead
+    (time-reversal reduced) ``kgrid``: ``[{"k", "weight", "left", "right",
+    "lead_overlap_min_eigenvalue"}, ...]``."""
     from hamjax.transport.kpoints import bloch_matrix, time_reversal_reduce
+    from hamjax.two_terminal import default_leads
     from hamjax.vcm import _channels
 
     kpoints, weights = time_reversal_reduce(kgrid)
-    edges = np.concatenate([[0], np.cumsum(images.layers)])
-    n = len(images.layers)
     rows = []
     for k, w in zip(kpoints, weights, strict=True):
         h = np.asarray(bloch_matrix(images.hamiltonians, images.shifts, k))
         s = np.asarray(bloch_matrix(images.overlaps, images.shifts, k))
-
-        def block(m, a, b):
-            return m[edges[a] : edges[a + 1], edges[b] : edges[b + 1]]
-
-        left = Lead(block(h, 0, 0), block(h, 0, 1), block(s, 0, 0), block(s, 0, 1))
-        right = Lead(
-            block(h, n - 1, n - 1),
-            block(h, n - 2, n - 1),
-            block(s, n - 1, n - 1),
-            block(s, n - 2, n - 1),
-        )
+        left, right = default_leads(h, s, images.layers)
         at = np.array([fermi_level_ev])
         rows.append(
             {
@@ -58,6 +59,10 @@ def lead_channels_per_k(images, kgrid, fermi_level_ev: float) -> list[dict]:
                 "weight": float(w),
                 "left": float(np.round(_channels(left, at)[0], 3)),
                 "right": float(np.round(_channels(right, at)[0], 3)),
+                # the channel count needs a positive definite Bloch overlap of the lead
+                "lead_overlap_min_eigenvalue": min(
+                    lead_overlap_min_eigenvalue(lead) for lead in (left, right)
+                ),
             }
         )
     return rows

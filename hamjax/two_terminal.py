@@ -41,6 +41,7 @@ __all__ = [
     "TwoTerminal",
     "TwoTerminalImages",
     "axis_coordinates",
+    "default_leads",
     "inside_cell",
     "match_translated",
     "minimum_image",
@@ -85,25 +86,9 @@ class TwoTerminal:
         set, else as the default leads of :func:`hamjax.transport.transmission` take them:
         the first layer and its coupling to the second, the last layer and the coupling into
         it from the one before."""
-        from hamjax.transport import Lead
-
         if self.lead_blocks is not None:
             return self.lead_blocks
-        edges = np.concatenate([[0], np.cumsum(self.layers)])
-
-        def block(matrix, a, b):
-            return matrix[edges[a] : edges[a + 1], edges[b] : edges[b + 1]].toarray()
-
-        n = len(self.layers)
-        h, s = self.hamiltonian, self.overlap
-        left = Lead(block(h, 0, 0), block(h, 0, 1), block(s, 0, 0), block(s, 0, 1))
-        right = Lead(
-            block(h, n - 1, n - 1),
-            block(h, n - 2, n - 1),
-            block(s, n - 1, n - 1),
-            block(s, n - 2, n - 1),
-        )
-        return left, right
+        return default_leads(self.hamiltonian, self.overlap, self.layers)
 
     def with_leads_of(self, other: TwoTerminal) -> TwoTerminal:
         """This device between the leads of ``other`` (the same structure's open device from
@@ -127,6 +112,35 @@ class TwoTerminal:
                     f"device giving the leads ({other.layers[b]} orbitals) hold different atoms"
                 )
         return replace(self, lead_blocks=other.leads())
+
+
+def default_leads(hamiltonian, overlap, layers):
+    """``(left, right)`` :class:`hamjax.transport.Lead` blocks of a block-tridiagonal device
+    as :func:`hamjax.transport.transmission` takes its default leads: the first layer and its
+    coupling to the second, the last layer and the coupling into it from the one before.
+
+    Args:
+        hamiltonian, overlap: ``[n, n]`` dense or ``scipy.sparse`` (eV), e.g. ``H(k)``.
+        layers: principal-layer sizes in orbitals.
+    """
+    from hamjax.transport import Lead
+
+    edges = np.concatenate([[0], np.cumsum(layers)])
+
+    def block(matrix, a, b):
+        part = matrix[edges[a] : edges[a + 1], edges[b] : edges[b + 1]]
+        return part.toarray() if sp.issparse(part) else np.asarray(part)
+
+    n = len(layers)
+    h, s = hamiltonian, overlap
+    left = Lead(block(h, 0, 0), block(h, 0, 1), block(s, 0, 0), block(s, 0, 1))
+    right = Lead(
+        block(h, n - 1, n - 1),
+        block(h, n - 2, n - 1),
+        block(s, n - 1, n - 1),
+        block(s, n - 2, n - 1),
+    )
+    return left, right
 
 
 def axis_coordinates(

@@ -60,3 +60,34 @@ def test_images_are_counted_and_errors_split_by_their_number(experiment):
     assert rows["edge", 2]["mae_meV"] == pytest.approx(0.10 * mev)
     assert rows["edge", 2]["blocks"] == 2 and rows["edge", 2]["entries"] == 2
     assert rows["node", 1]["mean_abs_ref_meV"] == pytest.approx(0.25 * mev)
+
+
+def test_lead_overlap_and_channels_per_k_of_a_cubic_lattice(experiment):
+    # A cubic lattice, one site across, periodic in y and z: at transverse k its lead is a
+    # chain with on-site eps(k) = 2 t (cos 2 pi k_y + cos 2 pi k_z) (t = -1 eV hopping) and
+    # overlap s to the next site along x, so its Bloch overlap 1 + 2 s cos(theta) has the
+    # smallest eigenvalue 1 - 2|s|, and at E = 0 the chain conducts where |eps(k)| < 2.
+    from types import SimpleNamespace
+
+    kpoints = experiment("vcm_kpoints")
+    n, s = 4, 0.1
+    shifts = [(0, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)]
+    hamiltonians = np.zeros((5, n, n))
+    overlaps = np.zeros((5, n, n))
+    chain = np.eye(n, k=1) + np.eye(n, k=-1)
+    hamiltonians[0] = -chain
+    overlaps[0] = np.eye(n) + s * chain
+    for r in range(1, 5):
+        hamiltonians[r] = -np.eye(n)
+    images = SimpleNamespace(
+        hamiltonians=hamiltonians, overlaps=overlaps, shifts=np.array(shifts), layers=(1,) * n
+    )
+    rows = kpoints.lead_channels_per_k(images, (1, 4, 4), 0.0)
+    assert sum(r["weight"] for r in rows) == pytest.approx(1.0)
+    for row in rows:
+        assert row["lead_overlap_min_eigenvalue"] == pytest.approx(1 - 2 * s, abs=1e-3)
+        eps = -2 * (np.cos(2 * np.pi * row["k"][1]) + np.cos(2 * np.pi * row["k"][2]))
+        # E - eps(k) S(theta) = -2 cos(theta) (1 hopping) on a chain with overlap: the band
+        # E(theta) = (eps - 2 cos theta) / (1 + 2 s cos theta) reaches E = 0 where |eps| < 2
+        expected = 1.0 if abs(eps) < 2 else 0.0
+        assert row["left"] == expected and row["right"] == expected
