@@ -7,14 +7,16 @@ and compare the currents computed from predicted and reference Hamiltonians:
 1. devices (:mod:`hamjax.structures`): training devices with random vacancies, one
    validation device, and four test devices, "Filament 1/2" (a straight cylinder and a
    tilted cone) and "Broken 1/2" (the same with an intact gap at the TiN or at the Ti side);
-2. references: GFN1-xTB H and S with tblite (:mod:`hamjax.reference`), in child processes
-   with OpenBLAS when available, saved as dataset files (resumable);
+2. references: GFN1-xTB H and S with tblite (:mod:`hamjax.reference`), one block per
+   lattice image (``tblite.scf_supercell`` gives the SCF a transverse k-grid), in child
+   processes with OpenBLAS when available, saved as dataset files (resumable);
 3. training (:func:`hamjax.train.train`) on slices (augmented partitioning);
 4. full-device predictions (:mod:`hamjax.inference`);
-5. errors: node, edge and total MAE over every H entry of the pairs within the cutoff
-   (predicted image blocks folded to Gamma, as the reference is a Gamma-point calculation);
+5. errors: node, edge and total MAE over every H entry of the predicted blocks (per image
+   block; against a Gamma-folded reference, after folding the prediction to Gamma);
 6. transport (:mod:`hamjax.two_terminal`, :mod:`hamjax.transport`): each cell opened
-   between its TiN ends (leads = two TiN cells at each end), T(E) and I at the bias; the
+   between its TiN ends (leads = two lead cells at each end), T(E) and I at the bias, at
+   Gamma or averaged over the transverse k-points of :attr:`VCMConfig.transport_kgrid`; the
    predicted device between its own predicted leads and, by default, also between the
    reference's leads (:attr:`VCMConfig.prediction_leads`);
 7. sensitivity (:mod:`hamjax.sensitivity`): dI/dH per atom and dI/dR through the model on
