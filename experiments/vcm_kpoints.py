@@ -106,7 +106,9 @@ def main(argv=None) -> int:
             grid = (1, n, n)
             chosen = dataclasses.replace(config, transport_kgrid=grid)
             t0 = time.perf_counter()
-            out = vcm.device_transport(record, chosen, fermi_ev, channels=False, device=device)
+            out = vcm.device_transport(
+                record, chosen, fermi_ev, channels=False, device=device, images=images
+            )
             seconds = time.perf_counter() - t0
             channels = lead_channels_per_k(images, grid, fermi_ev)
             rows.append(

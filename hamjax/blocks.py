@@ -23,7 +23,7 @@ import scipy.sparse
 
 from hamjax.basis import Basis
 
-__all__ = ["BlockHamiltonian", "atom_pair_max"]
+__all__ = ["BlockHamiltonian", "atom_pair_max", "block_keys"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -122,17 +122,11 @@ class BlockHamiltonian:
         if len(pairs) != len(shifts):
             raise ValueError(f"{len(pairs)} pairs but {len(shifts)} shifts")
         n_atoms = len(self.numbers)
-        span = int(max(np.abs(shifts).max(initial=0), np.abs(self.shifts).max(initial=0)))
-        base = 2 * span + 1
-
-        def keys(p, s):
-            k = p[:, 0] * n_atoms + p[:, 1]
-            for axis in range(3):
-                k = k * base + (s[:, axis] + span)
-            return k
-
-        own = keys(np.asarray(self.pairs, dtype=np.int64), np.asarray(self.shifts, np.int64))
-        wanted = keys(pairs, shifts)
+        own_pairs = np.asarray(self.pairs, dtype=np.int64)
+        own_shifts = np.asarray(self.shifts, dtype=np.int64)
+        span = int(max(np.abs(shifts).max(initial=0), np.abs(own_shifts).max(initial=0)))
+        own = block_keys(own_pairs[:, 0], own_pairs[:, 1], own_shifts, n_atoms, span)
+        wanted = block_keys(pairs[:, 0], pairs[:, 1], shifts, n_atoms, span)
         order = np.argsort(own)
         pos = np.minimum(np.searchsorted(own[order], wanted), max(len(own) - 1, 0))
         found = np.zeros(len(wanted), dtype=bool)
@@ -288,6 +282,17 @@ class BlockHamiltonian:
             overlap=np.concatenate(s_parts) if s_parts and overlap is not None else None,
             **kwargs,
         )
+
+
+def block_keys(first, second, shifts, n_atoms: int, span: int) -> np.ndarray:
+    """One int64 key per block (or directed edge) ``(first, second, shift)``, equal for equal
+    triples; every shift component must lie in ``[-span, span]``."""
+    base = 2 * span + 1
+    s = np.asarray(shifts, dtype=np.int64) + span
+    key = np.asarray(first, dtype=np.int64) * n_atoms + np.asarray(second, dtype=np.int64)
+    for axis in range(3):
+        key = key * base + s[:, axis]
+    return key
 
 
 def _unique_entries(matrix):

@@ -36,6 +36,7 @@ import numpy as np
 from ase.data import chemical_symbols
 
 from hamjax.basis import Basis, element_number
+from hamjax.blocks import block_keys
 
 __all__ = [
     "BlockTargets",
@@ -201,16 +202,6 @@ def _pair_cutoff_table(cutoff, numbers) -> tuple[float, np.ndarray | None]:
     return float(max(used, default=0.0)), table
 
 
-def _edge_keys(senders, receivers, shifts, n_node, span):
-    """One int64 key per directed edge (i, j, shift); shifts must lie in [-span, span]."""
-    base = 2 * span + 1
-    s = shifts.astype(np.int64) + span
-    key = senders.astype(np.int64) * n_node + receivers.astype(np.int64)
-    for axis in range(3):
-        key = key * base + s[:, axis]
-    return key
-
-
 def reverse_index(senders, receivers, shifts, n_node: int, presorted: bool = False) -> np.ndarray:
     """Index of the edge ``(j, i, -shift)`` of every edge ``(i, j, shift)``; -1 where absent.
 
@@ -229,8 +220,8 @@ def reverse_index(senders, receivers, shifts, n_node: int, presorted: bool = Fal
     span = int(np.abs(shifts).max(initial=0))
     if (2 * span + 1) ** 3 * max(n_node, 1) ** 2 >= 2**62:
         raise ValueError("graph too large for int64 edge keys")
-    key = _edge_keys(senders, receivers, shifts, n_node, span)
-    rkey = _edge_keys(receivers, senders, -shifts, n_node, span)
+    key = block_keys(senders, receivers, shifts, n_node, span)
+    rkey = block_keys(receivers, senders, -shifts, n_node, span)
     order = np.arange(n_edge) if presorted else np.argsort(key, kind="stable")
     sorted_key = key if presorted else key[order]
     pos = np.minimum(np.searchsorted(sorted_key, rkey), n_edge - 1)
@@ -329,10 +320,10 @@ def build_graph(
     # Sort by (sender, receiver, shift) through one mixed-radix key. The keys of the reversed
     # edges (j, i, -S) are the same set, so sorting them too pairs every edge with its reverse.
     span = int(np.abs(shifts).max(initial=0))
-    key = _edge_keys(senders, receivers, shifts, n_node, span)
+    key = block_keys(senders, receivers, shifts, n_node, span)
     order = np.argsort(key)
     senders, receivers, shifts, key = senders[order], receivers[order], shifts[order], key[order]
-    reverse_key = _edge_keys(receivers, senders, -shifts, n_node, span)
+    reverse_key = block_keys(receivers, senders, -shifts, n_node, span)
     by_reverse = np.argsort(reverse_key)
     if not np.array_equal(reverse_key[by_reverse], key):
         # cannot happen with a symmetric cutoff; guard the invariant

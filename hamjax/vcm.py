@@ -406,7 +406,7 @@ def compute_references(devices: dict, folder: Path, settings: Mapping, progress:
 
     requested = TBLiteSettings(**settings)
     kt = requested.resolved(periodic=True).electronic_temperature_hartree
-    images = requested.image_resolved and requested.method == "GFN1-xTB"
+    images = requested.unfolds_images
     folder.mkdir(parents=True, exist_ok=True)
     records, timings = {}, {}
     bar = tqdm(devices.items(), desc="references (tblite)", disable=not progress, unit="device")
@@ -777,7 +777,13 @@ def transport_device(record, config: VCMConfig):
 
 
 def device_transport(
-    record, config: VCMConfig, fermi_level_ev: float, *, channels: bool = True, device=None
+    record,
+    config: VCMConfig,
+    fermi_level_ev: float,
+    *,
+    channels: bool = True,
+    device=None,
+    images=None,
 ) -> dict:
     """T(E) on ``E_F +/- window``, the current at the bias, and (``channels``) the leads'
     open channels.
@@ -797,6 +803,10 @@ def device_transport(
     still moving it. It cannot see a resonance that the refinement has not found yet: on
     the default run's Filament 1 reference 120 refined energies read 0.99 half-way while
     23% low (``experiments/results/vcm_filament1_dense_grid.json``); at 480, 0.98 and 2.6%.
+
+    ``device`` (:func:`transport_device`) and, with ``config.transport_kgrid``, ``images``
+    (:func:`hamjax.two_terminal.open_device_images`) are the record opened, when the caller
+    has them already.
     """
     from hamjax.transport import current, transmission, transmission_kpoints
     from hamjax.transport.grid import refine_grid
@@ -804,8 +814,9 @@ def device_transport(
     if device is None:
         device = transport_device(record, config)
     kgrid = tuple(config.transport_kgrid)
-    images = None
-    if kgrid != (1, 1, 1):
+    if kgrid == (1, 1, 1):
+        images = None
+    elif images is None:
         from hamjax.structures import A_TIN
         from hamjax.two_terminal import open_device_images
 

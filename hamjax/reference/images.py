@@ -44,6 +44,7 @@ __all__ = [
     "FOLDING_TOLERANCE_HARTREE",
     "image_shifts",
     "integral_cutoff_angstrom",
+    "tblite_integrals",
     "unfold_gfn1",
 ]
 
@@ -83,22 +84,37 @@ def image_shifts(
     return found
 
 
-def _cluster_integrals(numbers, positions, method: str, accuracy: float):
-    """``(S, H0, log)`` of a finite cluster from tblite, stopped before the first SCF cycle."""
+def tblite_integrals(numbers, positions, method: str, accuracy: float, *, cell=None, pbc=None):
+    """tblite's ``S`` and ``H0`` of a structure, stopped before the first SCF cycle (they are
+    set up before it and do not depend on it): finite, or periodic with ``cell`` and ``pbc``
+    (then the Gamma-point sums).
+
+    Returns:
+        ``(overlap, core_hamiltonian, log, shell_angular_momenta, shell_atoms)``, matrices
+        in tblite's orbital order; ``log`` is tblite's verbose output (it names the integral
+        cutoff).
+    """
     from tblite.interface import Calculator, Result
 
     log: list[str] = []
+    periodic = {}
+    if cell is not None:
+        periodic = dict(
+            lattice=np.asarray(cell, dtype=float) / BOHR_ANGSTROM,
+            periodic=np.asarray(pbc, dtype=bool),
+        )
     calc = Calculator(
         method,
         np.asarray(numbers, dtype=int),
         np.asarray(positions, dtype=float) / BOHR_ANGSTROM,
         color=False,
         logger=log.append,
+        **periodic,
     )
     calc.set("verbosity", 2)
     calc.set("save-integrals", 1)
     calc.set("accuracy", float(accuracy))
-    calc.set("max-iter", 0)  # H0 and S are set up before the SCF loop
+    calc.set("max-iter", 0)
     res = Result()
     try:
         calc.singlepoint(res)
@@ -109,6 +125,8 @@ def _cluster_integrals(numbers, positions, method: str, accuracy: float):
         np.asarray(res.get("overlap-matrix")),
         np.asarray(res.get("hamiltonian-matrix")),
         "\n".join(log),
+        np.asarray(calc.get("angular-momenta")),
+        np.asarray(calc.get("shell-map")),
     )
 
 
@@ -244,7 +262,7 @@ def unfold_gfn1(
         )
 
     # R = 0: the cell as a finite cluster; it also gives the cutoff
-    s0, core0, log = _cluster_integrals(numbers, positions, method, accuracy)
+    s0, core0, log, _, _ = tblite_integrals(numbers, positions, method, accuracy)
     orbital_atoms = np.repeat(np.arange(len(numbers)), counts)
     same_atom = orbital_atoms[:, None] == orbital_atoms[None, :]
     if np.abs(np.where(same_atom, core0 - np.diag(np.diag(core0)), 0.0)).max() > 1e-12:
@@ -281,7 +299,7 @@ def unfold_gfn1(
         near = np.sum((positions[:, None, :] - moved[None, :, :]) ** 2, axis=-1) < cut2
         parts = []
         for home, copy in _windows(near, near_home, along):
-            s, core, _ = _cluster_integrals(
+            s, core, *_ = tblite_integrals(
                 np.concatenate([numbers[home], numbers[copy]]),
                 np.concatenate([positions[home], moved[copy]]),
                 method,

@@ -73,7 +73,7 @@ from hamjax.reference._common import (
 )
 from hamjax.reference._conventions import tblite_conversion
 from hamjax.reference.blas import active_openblas
-from hamjax.reference.images import FOLDING_TOLERANCE_HARTREE, unfold_gfn1
+from hamjax.reference.images import FOLDING_TOLERANCE_HARTREE, tblite_integrals, unfold_gfn1
 
 __all__ = [
     "TBLiteSettings",
@@ -86,6 +86,7 @@ __all__ = [
     "tblite_version",
     "check_image_record",
     "electron_count",
+    "grid_levels",
     "hermiticity_error",
 ]
 
@@ -207,6 +208,12 @@ class TBLiteSettings:
         return dataclasses.replace(
             self, electronic_temperature_hartree=temperature, mixer_damping=damping
         )
+
+    @property
+    def unfolds_images(self) -> bool:
+        """Whether a periodic structure gets an image-resolved record with these settings
+        (``image_resolved`` and a method of GFN1 form; others stay Gamma-folded)."""
+        return self.image_resolved and self.method == "GFN1-xTB"
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -448,7 +455,7 @@ def tblite_reference(
             raise ValueError(f"unknown tblite setting(s) {sorted(unknown)}")
         settings = dataclasses.replace(settings, **overrides)
     periodic = bool(np.any(atoms.pbc))
-    images = periodic and settings.image_resolved and settings.method == "GFN1-xTB"
+    images = periodic and settings.unfolds_images
     supercell = settings.scf_supercell != (1, 1, 1)
     if supercell and not images:
         raise ValueError("scf_supercell needs a periodic structure, GFN1-xTB and image_resolved")
@@ -595,23 +602,33 @@ def _image_record(atoms, result, basis, perm, signs, fermi, used, settings, meta
     return record.replace(metadata=metadata)
 
 
+def grid_levels(record, grid) -> list[np.ndarray]:
+    """Generalised eigenvalues (Hartree) of the record's ``H(k)``, ``S(k)`` at every point
+    of the Gamma-centred ``grid``, one array per k-point."""
+    import scipy.linalg
+
+    levels = []
+    for k in monkhorst_pack(grid, gamma_centred=True):
+        kk = None if not np.any(k) else k
+        levels.append(
+            scipy.linalg.eigh(
+                record.to_dense("hamiltonian", k=kk),
+                record.to_dense("overlap", k=kk),
+                eigvals_only=True,
+            )
+        )
+    return levels
+
+
 def electron_count(record, grid, fermi_level: float, kt: float) -> float:
     """Electrons of the record's ``H(k)``, ``S(k)`` on a Gamma-centred ``grid`` (spin
     degenerate) at ``fermi_level`` (Hartree) and Fermi-Dirac smearing ``kt`` (Hartree)."""
-    import scipy.linalg
-
-    kpoints = monkhorst_pack(grid, gamma_centred=True)
+    levels = grid_levels(record, grid)
     total = 0.0
-    for k in kpoints:
-        kk = None if not np.any(k) else k
-        levels = scipy.linalg.eigh(
-            record.to_dense("hamiltonian", k=kk),
-            record.to_dense("overlap", k=kk),
-            eigvals_only=True,
-        )
-        x = (levels - fermi_level) / kt if kt > 0 else np.sign(levels - fermi_level) * np.inf
+    for e in levels:
+        x = (e - fermi_level) / kt if kt > 0 else np.sign(e - fermi_level) * np.inf
         total += 2.0 * float(np.sum(0.5 * (1.0 - np.tanh(0.5 * x))))
-    return total / len(kpoints)
+    return total / len(levels)
 
 
 def check_image_record(
@@ -661,51 +678,20 @@ def check_image_record(
 
 
 def hermiticity_error(record) -> float:
-    """Largest ``|H_ij(R) - H_ji(-R)^T|`` over the blocks of ``record`` (Hartree); a block
-    whose mirror is missing counts with its full size."""
-    key = {
-        (int(i), int(j), *map(int, s)): b
-        for b, ((i, j), s) in enumerate(zip(record.pairs, record.shifts, strict=True))
-    }
+    """Largest ``|H_ij(R) - H_ji(-R)^T|`` (and the same for S) over the blocks of ``record``
+    (Hartree); a block whose mirror is missing counts with its full size."""
+    mirror = record.on_blocks(record.pairs[:, ::-1], -record.shifts)  # block b: (j, i, -R)
+    counts = record.orbital_counts
+    rows, cols = counts[record.pairs[:, 0]], counts[record.pairs[:, 1]]
     worst = 0.0
-    for (i, j, *s), b in key.items():
-        mirror = key.get((j, i, *(-x for x in s)))
+    for a, b in set(zip(rows.tolist(), cols.tolist(), strict=True)):
+        sel = np.flatnonzero((rows == a) & (cols == b))
+        where = record.block_offsets[sel][:, None] + np.arange(a * b)
         for which in ("hamiltonian", "overlap"):
-            block = record.block(b, which)
-            other = 0.0 if mirror is None else record.block(mirror, which).T
-            worst = max(worst, float(np.abs(block - other).max(initial=0.0)))
+            mine = getattr(record, which)[where].reshape(-1, a, b)
+            theirs = getattr(mirror, which)[where].reshape(-1, b, a).transpose(0, 2, 1)
+            worst = max(worst, float(np.abs(mine - theirs).max(initial=0.0)))
     return worst
-
-
-def _integrals(atoms, settings: TBLiteSettings):
-    """tblite's Gamma-point ``H0``, ``S`` (tblite order) and shell tables of a periodic cell,
-    without an SCF (stopped before its first cycle; the integrals do not depend on it)."""
-    from tblite.interface import Calculator, Result
-
-    calc = Calculator(
-        settings.method,
-        np.asarray(atoms.numbers, dtype=int),
-        np.asarray(atoms.positions, float) / BOHR_ANGSTROM,
-        lattice=np.asarray(atoms.cell.array, float) / BOHR_ANGSTROM,
-        periodic=np.asarray(atoms.pbc, dtype=bool),
-        color=False,
-        logger=lambda _: None,
-    )
-    calc.set("save-integrals", 1)
-    calc.set("accuracy", float(settings.accuracy))
-    calc.set("max-iter", 0)
-    res = Result()
-    try:
-        calc.singlepoint(res)
-    except Exception as err:
-        if "not converged" not in str(err).lower():
-            raise
-    return (
-        np.asarray(res.get("hamiltonian-matrix")),
-        np.asarray(res.get("overlap-matrix")),
-        np.asarray(calc.get("angular-momenta")),
-        np.asarray(calc.get("shell-map")),
-    )
 
 
 def _supercell_scf(atoms, settings: TBLiteSettings, name):
@@ -724,7 +710,14 @@ def _supercell_scf(atoms, settings: TBLiteSettings, name):
         raise ValueError(f"scf_supercell {reps} repeats a non-periodic axis (pbc {pbc.tolist()})")
     label = f"{name or atoms.get_chemical_formula()} x{reps[0]}x{reps[1]}x{reps[2]}"
     big = run_tblite(atoms.repeat(reps), settings, name=label)
-    core, overlap, shell_l, shell_atoms = _integrals(atoms, big.settings)
+    overlap, core, _, shell_l, shell_atoms = tblite_integrals(
+        atoms.numbers,
+        atoms.positions,
+        settings.method,
+        big.settings.accuracy,
+        cell=atoms.cell.array,
+        pbc=atoms.pbc,
+    )
     n, copies = core.shape[0], int(np.prod(reps))
     v = np.diag(big.hamiltonian - big.core_hamiltonian) / np.diag(big.overlap)
     v = v.reshape(copies, n)
@@ -746,18 +739,7 @@ def _check_supercell_levels(record, supercell: TBLiteResult, grid, tolerance: fl
     """The levels of the record's ``H(k)``, ``S(k)`` on the Gamma-centred ``grid`` are the
     supercell SCF's orbital energies (a supercell's Gamma point folds exactly those k);
     records the largest difference (Hartree) and raises above ``tolerance``."""
-    import scipy.linalg
-
-    levels = []
-    for k in monkhorst_pack(grid, gamma_centred=True):
-        kk = None if not np.any(k) else k
-        levels.append(
-            scipy.linalg.eigh(
-                record.to_dense("hamiltonian", k=kk),
-                record.to_dense("overlap", k=kk),
-                eigvals_only=True,
-            )
-        )
+    levels = grid_levels(record, grid)
     error = float(
         np.abs(np.sort(np.concatenate(levels)) - np.sort(supercell.orbital_energies)).max()
     )
