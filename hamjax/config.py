@@ -99,9 +99,7 @@ def _convert(value, hint, where: str, source: str):
             _fail(source, where, f"must be a list, got {value!r}")
         args = typing.get_args(hint)
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(
-                _convert(v, args[0], f"{where}[{k}]", source) for k, v in enumerate(value)
-            )
+            return tuple(_convert(v, args[0], f"{where}[{k}]", source) for k, v in enumerate(value))
         if args:
             if len(args) != len(value):
                 _fail(source, where, f"must be a list of {len(args)} values, got {value!r}")

@@ -234,7 +234,7 @@ def unfold_gfn1(
         ``potential_residual_hartree`` (the form ``F - H0 = S o (v_m + v_n) / 2``),
         ``cutoff_angstrom``, ``n_images``, ``n_clusters``, ``wall_time_s``. The folding
         identities are checked on the
-        record by :func:`hamjax.reference.tblite.check_image_record`.
+        record by :func:`hamjax.reference.checks.check_image_record`.
 
     Raises:
         ValueError: the structure is not periodic or the matrices do not have the GFN1 form.

@@ -64,7 +64,6 @@ import numpy as np
 
 from hamjax.blocks import BlockHamiltonian
 from hamjax.constants import BOHR_ANGSTROM
-from hamjax.kgrid import monkhorst_pack
 from hamjax.reference._common import (
     SCFConvergenceError,
     dense_to_record,
@@ -73,7 +72,8 @@ from hamjax.reference._common import (
 )
 from hamjax.reference._conventions import tblite_conversion
 from hamjax.reference.blas import active_openblas
-from hamjax.reference.images import FOLDING_TOLERANCE_HARTREE, tblite_integrals, unfold_gfn1
+from hamjax.reference.checks import check_image_record, check_supercell_levels, electron_count
+from hamjax.reference.images import tblite_integrals, unfold_gfn1
 
 __all__ = [
     "TBLiteSettings",
@@ -84,10 +84,6 @@ __all__ = [
     "run_tblite",
     "tblite_reference",
     "tblite_version",
-    "check_image_record",
-    "electron_count",
-    "grid_levels",
-    "hermiticity_error",
 ]
 
 #: tblite's own default electronic temperature (kT, Hartree), about 300 K.
@@ -526,7 +522,7 @@ def tblite_reference(
         record = _image_record(atoms, result, basis, perm, signs, fermi, used, settings, metadata)
         if supercell_checks is not None:
             record.metadata["image_checks"].update(supercell_checks)
-            _check_supercell_levels(record, result, settings.scf_supercell)
+            check_supercell_levels(record, result, settings.scf_supercell)
         return record
     return dense_to_record(
         atoms,
@@ -602,98 +598,6 @@ def _image_record(atoms, result, basis, perm, signs, fermi, used, settings, meta
     return record.replace(metadata=metadata)
 
 
-def grid_levels(record, grid) -> list[np.ndarray]:
-    """Generalised eigenvalues (Hartree) of the record's ``H(k)``, ``S(k)`` at every point
-    of the Gamma-centred ``grid``, one array per k-point."""
-    import scipy.linalg
-
-    levels = []
-    for k in monkhorst_pack(grid, gamma_centred=True):
-        kk = None if not np.any(k) else k
-        levels.append(
-            scipy.linalg.eigh(
-                record.to_dense("hamiltonian", k=kk),
-                record.to_dense("overlap", k=kk),
-                eigvals_only=True,
-            )
-        )
-    return levels
-
-
-def electron_count(record, grid, fermi_level: float, kt: float) -> float:
-    """Electrons of the record's ``H(k)``, ``S(k)`` on a Gamma-centred ``grid`` (spin
-    degenerate) at ``fermi_level`` (Hartree) and Fermi-Dirac smearing ``kt`` (Hartree)."""
-    levels = grid_levels(record, grid)
-    total = 0.0
-    for e in levels:
-        x = (e - fermi_level) / kt if kt > 0 else np.sign(e - fermi_level) * np.inf
-        total += 2.0 * float(np.sum(0.5 * (1.0 - np.tanh(0.5 * x))))
-    return total / len(levels)
-
-
-def check_image_record(
-    record, gamma_hamiltonian, gamma_overlap, n_electrons, kt, *, kgrid=(1, 1, 1)
-) -> dict:
-    """The three checks every image-resolved record passes (module docstring).
-
-    Args:
-        record: image-resolved :class:`BlockHamiltonian` (Hartree, hamjax order).
-        gamma_hamiltonian, gamma_overlap: the SCF's Gamma-point F and S (hamjax order).
-        n_electrons: electrons of the SCF per cell (None: no count, e.g. for a core
-            Hamiltonian).
-        kt: its electronic temperature (Hartree).
-        kgrid: the SCF's own k-grid (Gamma-centred; ``(1, 1, 1)``: the cell at Gamma, else
-            ``scf_supercell``), on which the electrons are counted.
-
-    Returns:
-        the residuals: ``hamiltonian_folding_hartree``, ``overlap_folding``,
-        ``hermiticity_hartree``, ``electron_count`` and ``electron_count_error``.
-
-    Raises:
-        ValueError: a check fails (folding or hermiticity above
-            ``FOLDING_TOLERANCE_HARTREE``, electron count off by more than 1e-4).
-    """
-    checks = {
-        "hamiltonian_folding_hartree": float(np.abs(record.to_dense() - gamma_hamiltonian).max()),
-        "overlap_folding": float(np.abs(record.to_dense("overlap") - gamma_overlap).max()),
-        "hermiticity_hartree": hermiticity_error(record),
-    }
-    if n_electrons is not None:
-        count = electron_count(record, kgrid, record.fermi_level, kt)
-        checks["electron_count"] = count
-        checks["electron_count_error"] = abs(count - n_electrons)
-    name = record.metadata.get("name") if record.metadata else None
-    for key in ("hamiltonian_folding_hartree", "overlap_folding", "hermiticity_hartree"):
-        if not checks[key] <= FOLDING_TOLERANCE_HARTREE:
-            raise ValueError(
-                f"image-resolved record {name or ''} fails {key}: {checks[key]:.2e} "
-                f"(tolerance {FOLDING_TOLERANCE_HARTREE:g})"
-            )
-    if n_electrons is not None and not checks["electron_count_error"] <= 1e-4:
-        raise ValueError(
-            f"image-resolved record {name or ''}: {count:.6f} electrons at its Fermi level, "
-            f"the SCF has {n_electrons:.6f}"
-        )
-    return checks
-
-
-def hermiticity_error(record) -> float:
-    """Largest ``|H_ij(R) - H_ji(-R)^T|`` (and the same for S) over the blocks of ``record``
-    (Hartree); a block whose mirror is missing counts with its full size."""
-    mirror = record.on_blocks(record.pairs[:, ::-1], -record.shifts)  # block b: (j, i, -R)
-    counts = record.orbital_counts
-    rows, cols = counts[record.pairs[:, 0]], counts[record.pairs[:, 1]]
-    worst = 0.0
-    for a, b in set(zip(rows.tolist(), cols.tolist(), strict=True)):
-        sel = np.flatnonzero((rows == a) & (cols == b))
-        where = record.block_offsets[sel][:, None] + np.arange(a * b)
-        for which in ("hamiltonian", "overlap"):
-            mine = getattr(record, which)[where].reshape(-1, a, b)
-            theirs = getattr(mirror, which)[where].reshape(-1, b, a).transpose(0, 2, 1)
-            worst = max(worst, float(np.abs(mine - theirs).max(initial=0.0)))
-    return worst
-
-
 def _supercell_scf(atoms, settings: TBLiteSettings, name):
     """The cell's Gamma matrices with the SCF potential of its ``scf_supercell``.
 
@@ -733,19 +637,3 @@ def _supercell_scf(atoms, settings: TBLiteSettings, name):
         energy=big.energy / copies,
     )
     return result, {"supercell_potential_spread_hartree": spread}
-
-
-def _check_supercell_levels(record, supercell: TBLiteResult, grid, tolerance: float = 1e-6):
-    """The levels of the record's ``H(k)``, ``S(k)`` on the Gamma-centred ``grid`` are the
-    supercell SCF's orbital energies (a supercell's Gamma point folds exactly those k);
-    records the largest difference (Hartree) and raises above ``tolerance``."""
-    levels = grid_levels(record, grid)
-    error = float(
-        np.abs(np.sort(np.concatenate(levels)) - np.sort(supercell.orbital_energies)).max()
-    )
-    record.metadata["image_checks"]["supercell_level_error_hartree"] = error
-    if error > tolerance:
-        raise ValueError(
-            f"image-resolved record {record.metadata.get('name') or ''}: its levels on the "
-            f"k-grid {tuple(grid)} differ from the supercell SCF's by {error:.2e} Ha"
-        )
