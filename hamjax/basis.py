@@ -61,6 +61,7 @@ __all__ = [
     "basis_rotation_blocks",
     "cp2k_basis",
     "element_number",
+    "element_symbol",
     "from_hamjax_order",
     "gfn1_xtb_basis",
     "orbital_permutation",
@@ -80,6 +81,13 @@ def element_number(element: int | str) -> int:
             raise ValueError(f"unknown element symbol {element!r}")
         return atomic_numbers[element]
     return int(element)
+
+
+def element_symbol(number: int) -> str:
+    """Chemical symbol of atomic number ``number`` ("Hf"), or ``"Z=<number>"`` for a number
+    that names no element (for messages about input that may hold any integer)."""
+    z = int(number)
+    return chemical_symbols[z] if 0 <= z < len(chemical_symbols) else f"Z={z}"
 
 
 @dataclass(frozen=True)

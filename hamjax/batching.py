@@ -34,7 +34,8 @@ from dataclasses import dataclass
 import jraph
 import numpy as np
 
-from hamjax.graph import PADDING_EDGE_VECTOR, BlockTargets, Graph
+from hamjax.graph import PADDING_EDGE_VECTOR, Graph
+from hamjax.targets import BlockTargets
 
 __all__ = [
     "Budget",
@@ -112,7 +113,7 @@ def batch_graphs(
 
     Args:
         graphs: :class:`~hamjax.graph.Graph` objects (a partition slice's ``graph`` too).
-        targets: matching :class:`~hamjax.graph.BlockTargets` (all with the same ``M``), or
+        targets: matching :class:`~hamjax.targets.BlockTargets` (all with the same ``M``), or
             None.
         budget: padded sizes; default :func:`budget_for` the totals with ``growth``. A
             budget too small raises ValueError (nothing is silently dropped).

@@ -56,7 +56,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from hamjax.graph import BlockTargets, Graph, gather_targets
+from hamjax.graph import Graph
+from hamjax.targets import BlockTargets, gather_targets
 
 __all__ = [
     "Slice",
@@ -281,11 +282,11 @@ def slice_targets(source, piece: Slice, **kwargs) -> BlockTargets:
     """Reference blocks of a slice's subgraph; masks keep only the labelled items.
 
     Args:
-        source: the full graph's :class:`~hamjax.graph.BlockTargets`, or the
+        source: the full graph's :class:`~hamjax.targets.BlockTargets`, or the
             :class:`~hamjax.blocks.BlockHamiltonian` record itself (then only the slice's
             blocks are gathered, which saves the memory of the full dense blocks).
         piece: the slice.
-        **kwargs: passed to :func:`hamjax.graph.gather_targets` with a record.
+        **kwargs: passed to :func:`hamjax.targets.gather_targets` with a record.
 
     Gamma folding (``fold_edge``) refers to local edge indices; all images of a labelled
     pair share its sender and receiver, so they are in the subgraph in both modes.

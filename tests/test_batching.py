@@ -18,7 +18,9 @@ from hamjax.batching import (
     pack,
     shape_signature,
 )
-from hamjax.graph import build_graph, fold_gamma, gather_targets
+from hamjax.folding import fold_gamma
+from hamjax.graph import build_graph
+from hamjax.targets import gather_targets
 
 CUTOFF = 4.0
 

@@ -10,7 +10,9 @@ from ase.neighborlist import neighbor_list
 
 from hamjax.basis import Basis
 from hamjax.blocks import BlockHamiltonian
-from hamjax.graph import build_graph, fold_gamma, gather_targets, max_orbitals, reverse_index
+from hamjax.folding import fold_gamma, multi_image_translations
+from hamjax.graph import build_graph, reverse_index
+from hamjax.targets import gather_targets, max_orbitals
 
 BASIS = Basis.from_dict("test", {"Hf": (0, 0, 1, 2), "O": (0, 1), "Ti": (2, 0, 1), "N": (0, 1)})
 
@@ -287,8 +289,6 @@ def test_multi_image_translations_match_a_brute_force_search():
     axes equal those of a search over a much larger range of multiples; a molecule and a
     cell two cutoffs wide have none."""
     from ase import Atoms
-
-    from hamjax.graph import multi_image_translations
 
     cell = np.array([[20.0, 0.0, 0.0], [1.3, 3.1, 0.0], [0.4, -1.7, 4.4]])
     atoms = Atoms("H", positions=[[1.0, 1.0, 1.0]], cell=cell, pbc=[False, True, True])

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from hamjax.graph import build_graph, fold_gamma, gather_targets
+from hamjax.folding import fold_gamma
+from hamjax.graph import build_graph
 from hamjax.partition import assign_slices, partition, slice_targets, stitch
+from hamjax.targets import gather_targets
 
 CUTOFF = 3.6
 
