@@ -159,8 +159,9 @@ class BlockHamiltonian:
 
     # ------------------------------------------------------------ conversions
     @cached_property
-    def _entry_indices(self) -> tuple[np.ndarray, np.ndarray]:
-        """Global ``(row, col)`` orbital index of every flat value, each ``[n_values]``."""
+    def entry_indices(self) -> tuple[np.ndarray, np.ndarray]:
+        """Global ``(row, col)`` orbital index of every flat value of ``hamiltonian`` and
+        ``overlap``, each ``[n_values]`` (computed once, then cached)."""
         counts, off = self.orbital_counts, self.orbital_offsets
         rows = np.empty(int(self.block_offsets[-1]), dtype=np.int64)
         cols = np.empty_like(rows)
@@ -181,7 +182,7 @@ class BlockHamiltonian:
         if k is not None:
             phases = np.exp(2j * np.pi * (self.shifts @ np.asarray(k, dtype=float)))
             values = values * np.repeat(phases, np.diff(self.block_offsets))
-        rows, cols = self._entry_indices
+        rows, cols = self.entry_indices
         n = self.n_orbitals
         return scipy.sparse.coo_matrix((values, (rows, cols)), shape=(n, n))
 
