@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hamjax.models.layers import MLP
+
 __all__ = ["EdgeFrames", "edge_frames", "FrameTensorProduct", "frame_paths"]
 
 # Rotation by +pi/2 about x: sends e3nn's y axis to z, away from the polar singularity.
@@ -205,14 +207,12 @@ class FrameTensorProduct(nn.Module):
         Returns:
             ``[n_edge, irreps_out]`` (global frame).
         """
-        from hamjax.models.model import _MLP  # local import: shared helper, no cycle at load
-
         irreps_out = e3nn.Irreps(self.irreps_out)
         x = x.regroup()
         n_edge = x.shape[0]
         groups = frame_paths(x.irreps, irreps_out, self.sh_lmax)
         n_path = sum(coef.shape[0] for *_, coef in groups)
-        path_weights = _MLP((*self.radial_hidden, n_path), self.dtype, name="path_weights")(
+        path_weights = MLP((*self.radial_hidden, n_path), self.dtype, name="path_weights")(
             edge_scalars
         )  # [n_edge, n_path]
 

@@ -31,8 +31,6 @@ the blocks to ``D_i H D_j^T`` with the orbital rotation matrices of
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import e3nn_jax as e3nn
 import flax.linen as nn
 import jax
@@ -42,6 +40,7 @@ import numpy as np
 
 from hamjax.models.config import ModelConfig
 from hamjax.models.frame import FrameTensorProduct, edge_frames
+from hamjax.models.layers import MLP
 from hamjax.models.layout import BlockLayout, block_layout, pair_irreps
 
 __all__ = [
@@ -124,21 +123,6 @@ def _scale_chunks(x: e3nn.IrrepsArray, weights: jax.Array) -> e3nn.IrrepsArray:
     return e3nn.from_chunks(x.irreps, chunks, x.shape[:-1], x.dtype)
 
 
-class _MLP(nn.Module):
-    """Scalar MLP (SiLU) with a linear last layer."""
-
-    features: Sequence[int]
-    dtype: str
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        for index, width in enumerate(self.features):
-            x = nn.Dense(width, dtype=self.dtype, param_dtype=self.dtype)(x)
-            if index < len(self.features) - 1:
-                x = jax.nn.silu(x)
-        return x
-
-
 def _segment_softmax_weights(
     logits: jax.Array, envelope: jax.Array, receivers: jax.Array, n_node: int
 ) -> jax.Array:
@@ -197,7 +181,7 @@ class InteractionLayer(nn.Module):
             # Scalar inputs (first layer): x (x) Y is a plain product, no frame needed.
             v = e3nn.tensor_product(x, geometry.sh).filter(keep=hidden)
             v = e3nn.flax.Linear(hidden, name="message_mix")(v)  # [n_edge, hidden]
-            w = _MLP((*cfg.radial_hidden, v.irreps.num_irreps), cfg.dtype, name="message_radial")(
+            w = MLP((*cfg.radial_hidden, v.irreps.num_irreps), cfg.dtype, name="message_radial")(
                 edge_scalars
             )
             v = _scale_chunks(v, w)
@@ -211,7 +195,7 @@ class InteractionLayer(nn.Module):
         q = nn.Dense(heads * key_dim, dtype=cfg.dtype, param_dtype=cfg.dtype, name="query")(
             scalars
         )[receivers].reshape(n_edge, heads, key_dim)
-        k = _MLP((*cfg.radial_hidden, heads * key_dim), cfg.dtype, name="key")(
+        k = MLP((*cfg.radial_hidden, heads * key_dim), cfg.dtype, name="key")(
             jnp.concatenate([geometry.radial, scalars[senders]], axis=-1)
         ).reshape(n_edge, heads, key_dim)
         logits = jnp.sum(q * k, axis=-1) / np.sqrt(key_dim)  # [n_edge, heads]
