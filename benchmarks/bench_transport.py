@@ -55,7 +55,8 @@ import numpy as np  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
-from hamjax.transport import current, rgf  # noqa: E402
+from hamjax.transport import current, sweep  # noqa: E402
+from hamjax.transport.surface import DEFAULT_MAX_ITERATIONS  # noqa: E402
 
 ETA = 1e-5
 
@@ -83,7 +84,7 @@ def timed(fn, *args, repeat: int):
     return first, best
 
 
-def random_blocks(n_blocks: int, b: int, seed: int = 0) -> rgf._Blocks:
+def random_blocks(n_blocks: int, b: int, seed: int = 0) -> sweep.DeviceBlocks:
     """Random device: Hermitian diagonal blocks, couplings of similar size, S = 1 + small."""
     rng = np.random.default_rng(seed)
 
@@ -98,7 +99,7 @@ def random_blocks(n_blocks: int, b: int, seed: int = 0) -> rgf._Blocks:
     s_diag = np.eye(b) + (s_d + s_d.conj().transpose(0, 2, 1)) / 2
     s_upper = cplx(n_blocks - 1, b, b) * 0.02 * scale
     c = jnp.complex128
-    return rgf._Blocks(
+    return sweep.DeviceBlocks(
         jnp.asarray(h_diag, c),
         jnp.asarray(s_diag, c),
         jnp.asarray(h_upper, c),
@@ -117,7 +118,7 @@ def random_sigma(n_energies: int, b: int, seed: int = 1):
     return jnp.asarray(0.1 * x / np.sqrt(b) - 0.5j * gamma)
 
 
-def dense_matrix(blocks: rgf._Blocks, energy: float, sigma_l, sigma_r) -> np.ndarray:
+def dense_matrix(blocks: sweep.DeviceBlocks, energy: float, sigma_l, sigma_r) -> np.ndarray:
     n_blocks, b, _ = blocks.h_diag.shape
     a = np.zeros((n_blocks * b, n_blocks * b), complex)
     hd, sd = np.asarray(blocks.h_diag), np.asarray(blocks.s_diag)
@@ -166,15 +167,15 @@ def bench_size(n_blocks: int, b: int, n_energies: int, args) -> dict:
 
     # RGF sweep alone (given self-energies)
     sig_l, sig_r = random_sigma(n_energies, b, 2), random_sigma(n_energies, b, 3)
-    batched = rgf._batched(tuple(jax.local_devices()[:1]))
+    batched = sweep.batched_energies(tuple(jax.local_devices()[:1]))
 
     def sweep_all(blocks, sig_l, sig_r, energies):  # mapped over energies as transmission() is
-        return rgf._over_energies(
-            lambda xs: rgf._sweep(blocks, *xs), (sig_l, sig_r, energies), batched
+        return sweep.map_energies(
+            lambda xs: sweep.sweep(blocks, *xs), (sig_l, sig_r, energies), batched
         )
 
-    sweep = jax.jit(sweep_all)
-    first, steady = timed(sweep, blocks, sig_l, sig_r, energies, repeat=0)
+    sweep_jit = jax.jit(sweep_all)
+    first, steady = timed(sweep_jit, blocks, sig_l, sig_r, energies, repeat=0)
     # The machine's speed drifts by up to 1.6x within a run (the BLAS ZGEMM measured 60 and
     # 97 GFLOP/s minutes apart), so the fraction is taken per round from a sweep and a
     # ZGEMM measured back to back, and its median reported.
@@ -183,7 +184,7 @@ def bench_size(n_blocks: int, b: int, n_energies: int, args) -> dict:
     fractions = []
     for _ in range(max(3, args.repeat)):
         _, gemm_s = timed(np.matmul, *blas_xy, repeat=10)
-        _, sweep_s = timed(sweep, blocks, sig_l, sig_r, energies, repeat=1)
+        _, sweep_s = timed(sweep_jit, blocks, sig_l, sig_r, energies, repeat=1)
         steady = min(steady, sweep_s)
         fractions.append((flops / sweep_s) / (8 * b**3 * n_energies / gemm_s))
     gflops = flops / steady / 1e9
@@ -204,8 +205,8 @@ def bench_size(n_blocks: int, b: int, n_energies: int, args) -> dict:
     )
 
     # full T(E): decimation of both leads + sweep, as transmission() runs it
-    left, right = rgf._default_leads(blocks, (b,) * n_blocks)
-    chunk = rgf._compiled_chunk(rgf.DEFAULT_MAX_ITERATIONS, tuple(jax.local_devices()[:1]))
+    left, right = sweep.end_leads(blocks, (b,) * n_blocks)
+    chunk = sweep.compiled_chunk(DEFAULT_MAX_ITERATIONS, tuple(jax.local_devices()[:1]))
     eta = jnp.asarray(ETA)
     first, steady = timed(chunk, blocks, left, right, energies, eta, repeat=args.repeat)
     out["t_s_per_energy"] = steady / n_energies
@@ -269,13 +270,13 @@ def bench_dense(n_blocks: int, b: int, state: dict, args) -> None:
 def bench_grad(n_blocks: int, b: int, state: dict, args) -> None:
     blocks, energies = state["blocks"], state["energies"]
     eta = jnp.asarray(ETA)
-    fn = rgf._chunk_function(rgf.DEFAULT_MAX_ITERATIONS, tuple(jax.local_devices()[:1]))
+    fn = sweep.chunk_function(DEFAULT_MAX_ITERATIONS, tuple(jax.local_devices()[:1]))
 
     def amps(h_diag, h_upper):
         hb = blocks._replace(
             h_diag=h_diag, h_upper=h_upper, h_lower=h_upper.conj().transpose(0, 2, 1)
         )
-        lb, rb = rgf._default_leads(hb, (b,) * n_blocks)
+        lb, rb = sweep.end_leads(hb, (b,) * n_blocks)
         t = fn(hb, lb, rb, energies, eta)[0]
         return current(energies, t, 0.2, fermi_level=0.0, temperature=300.0)
 

@@ -10,10 +10,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["monkhorst_pack", "time_reversal_reduce"]
+__all__ = ["grid_sizes", "monkhorst_pack", "time_reversal_reduce"]
 
 
-def _grid_sizes(kgrid) -> tuple[int, int, int]:
+def grid_sizes(kgrid) -> tuple[int, int, int]:
+    """``kgrid`` as three positive integers ``(n1, n2, n3)``; ValueError naming it otherwise."""
     try:
         sizes = tuple(int(n) for n in kgrid)
         exact = all(float(n) == int(n) for n in kgrid)
@@ -58,7 +59,7 @@ def monkhorst_pack(kgrid: Sequence[int], *, gamma_centred: bool = False) -> np.n
         ``[n_k, 3]`` float64 fractional coordinates (reciprocal lattice units), the last axis
         running fastest.
     """
-    sizes = _grid_sizes(kgrid)
+    sizes = grid_sizes(kgrid)
     return _grid_numerators(sizes, gamma_centred) / (2.0 * np.asarray(sizes))
 
 
@@ -72,7 +73,7 @@ def time_reversal_reduce(
     Returns:
         ``(kpoints [n_irr, 3], weights [n_irr])``, weights summing to 1.
     """
-    sizes = _grid_sizes(kgrid)
+    sizes = grid_sizes(kgrid)
     numerators = _grid_numerators(sizes, gamma_centred)
     period = 2 * np.asarray(sizes)
     keys = [tuple(int(x) for x in m) for m in np.mod(numerators, period)]

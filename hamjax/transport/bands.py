@@ -20,7 +20,9 @@ from hamjax.occupations import filling_level
 __all__ = ["lead_bands", "lead_fermi_level"]
 
 
-def _blocks(lead):
+def lead_arrays(lead):
+    """``(h00, h01, s00, s01)`` of a lead as 2-D NumPy arrays (identity ``s00`` and zero
+    ``s01`` where the lead has no overlap)."""
     h00, h01 = np.atleast_2d(lead.onsite), np.atleast_2d(lead.hopping)
     b = h00.shape[0]
     s00 = np.eye(b) if lead.overlap_onsite is None else np.atleast_2d(lead.overlap_onsite)
@@ -40,7 +42,7 @@ def lead_bands(lead, n_k: int = 96) -> np.ndarray:
     """
     import scipy.linalg
 
-    h00, h01, s00, s01 = _blocks(lead)
+    h00, h01, s00, s01 = lead_arrays(lead)
     bands = []
     for k in np.linspace(0.0, 2.0 * np.pi, n_k, endpoint=False):
         phase = np.exp(1j * k)

@@ -28,13 +28,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from tqdm.auto import tqdm
 
-from hamjax.kgrid import _grid_sizes, monkhorst_pack, time_reversal_reduce
+from hamjax.kgrid import grid_sizes, monkhorst_pack, time_reversal_reduce
 from hamjax.transport.layers import HERMITIAN_TOLERANCE
 from hamjax.transport.rgf import (
     DEFAULT_ETA,
     RESIDUAL_TOLERANCE,
-    _is_traced,
+    is_traced,
     transmission,
 )
 from hamjax.transport.surface import DEFAULT_MAX_ITERATIONS
@@ -160,7 +161,7 @@ def _is_real(*matrices) -> bool:
             continue
         if not jnp.iscomplexobj(m):
             continue
-        if _is_traced(m) or np.any(np.imag(np.asarray(m)) != 0):
+        if is_traced(m) or np.any(np.imag(np.asarray(m)) != 0):
             return False
     return True
 
@@ -275,14 +276,14 @@ def transmission_kpoints(
             "hamjax.transport works in complex128: enable float64 first with "
             "jax.config.update('jax_enable_x64', True)"
         )
-    sizes = _grid_sizes(kgrid)
+    sizes = grid_sizes(kgrid)
     if sizes[0] != 1:
         raise ValueError(
             f"kgrid {sizes} has {sizes[0]} points along the transport axis (axis 0); it must "
             "be (1, n2, n3): the device is open along that axis"
         )
     shifts, partner = _check_images(hamiltonians, overlaps, shifts)
-    traced = _is_traced(hamiltonians, overlaps, energies)
+    traced = is_traced(hamiltonians, overlaps, energies)
     if not traced:
         if not isinstance(hamiltonians, jax.Array):
             hamiltonians = np.asarray(hamiltonians)
@@ -347,8 +348,6 @@ def _concrete(
     rows = []
     points = range(len(kpoints))
     if progress and len(kpoints) > 1:
-        from tqdm.auto import tqdm
-
         points = tqdm(points, desc="k-points", unit="k")
     for index in points:
         k = kpoints[index]

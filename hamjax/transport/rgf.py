@@ -6,25 +6,16 @@ For energy E the device Green's function is ``G = (E S - H - Sigma_L - Sigma_R)^
 surface Green's functions (``z = E + i eta``, :mod:`hamjax.transport.surface`); the device
 itself is taken at real E, so no artificial absorption is added inside it.
 
-The forward sweep runs under :func:`jax.lax.scan` over blocks padded to a uniform size:
-
-    D_0 = A_00 - Sigma_L,    Y_k = D_k^-1 A_{k,k+1}  (one LU solve),
-    D_{k+1} = A_{k+1,k+1} - A_{k+1,k} Y_k,    P_k = Y_0 Y_1 ... Y_k,
-    D_{N-1} -= Sigma_R,      G_{0,N-1} = (-1)^(N-1) P_{N-2} D_{N-1}^-1,
-    T(E) = Tr[Gamma_L G_{0,N-1} Gamma_R G_{0,N-1}^H],  Gamma = i (Sigma - Sigma^H).
-
-Per block that is one LU with b right-hand sides and two products, about 27 b^3 real flops
-(the textbook sweep with explicit inverses costs 40 b^3). Memory is O(b^2) per energy for
-T alone; reverse-mode differentiation stores the per-block intermediates, so energies are
-processed in chunks (a Python or :func:`jax.lax.map` loop outside, the chunk
-rematerialised under ``grad`` when there are several). Inside a chunk the energies are
-vmapped on accelerators (batched LU and GEMM keep a GPU busy) and run one after another on
-CPU, where batched LAPACK calls can deadlock XLA's thread pool (:func:`_self_energies`).
+This module checks and pads the input and runs the compiled kernels of
+:mod:`hamjax.transport.sweep` (the forward sweep under :func:`jax.lax.scan`, one LU solve and
+two products per layer) over the energies. Memory is O(b^2) per energy for T alone;
+reverse-mode differentiation stores the per-block intermediates, so energies are processed in
+chunks (a Python or :func:`jax.lax.map` loop outside, the chunk rematerialised under ``grad``
+when there are several).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -35,11 +26,18 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 from jax import lax
-from jax.sharding import Mesh, PartitionSpec
+from tqdm.auto import tqdm
 
+from hamjax.transport.bands import lead_arrays, lead_bands
 from hamjax.transport.layers import check_device, layer_offsets
-from hamjax.transport.linalg import matmul
-from hamjax.transport.surface import DEFAULT_MAX_ITERATIONS, _fixed_point_residual, _surface
+from hamjax.transport.surface import DEFAULT_MAX_ITERATIONS
+from hamjax.transport.sweep import (
+    DeviceBlocks,
+    LeadBlocks,
+    chunk_function,
+    compiled_chunk,
+    end_leads,
+)
 
 __all__ = [
     "Lead",
@@ -48,6 +46,7 @@ __all__ = [
     "open_channels",
     "DEFAULT_ETA",
     "RESIDUAL_TOLERANCE",
+    "is_traced",
 ]
 
 DEFAULT_ETA = 1e-5
@@ -92,145 +91,10 @@ class TransmissionResult(NamedTuple):
     residual_right: jax.Array
 
 
-class _Blocks(NamedTuple):
-    """Device blocks padded to b: diag [N, b, b], upper (k, k+1) and lower (k+1, k) blocks
-    [N-1, b, b], pad [N, b] (1 on padding orbitals)."""
-
-    h_diag: jax.Array
-    s_diag: jax.Array
-    h_upper: jax.Array
-    s_upper: jax.Array
-    h_lower: jax.Array
-    s_lower: jax.Array
-    pad: jax.Array
-
-
-class _LeadBlocks(NamedTuple):
-    """Lead cell blocks padded to b; ``*01`` couple cell n to n+1 (+x), ``*10`` the reverse."""
-
-    h00: jax.Array
-    s00: jax.Array
-    h01: jax.Array
-    s01: jax.Array
-    h10: jax.Array
-    s10: jax.Array
-    pad: jax.Array
-
-
-# ----------------------------------------------------------------------------- per energy
-def _lead_matrices(lead: _LeadBlocks, z, side: str):
-    a00 = z * lead.s00 - lead.h00 + jnp.diag(lead.pad)
-    a01 = z * lead.s01 - lead.h01
-    a10 = z * lead.s10 - lead.h10
-    return (a00, a01, a10) if side == "right" else (a00, a10, a01)
-
-
-def _self_energies(left: _LeadBlocks, right: _LeadBlocks, energy, eta, max_iterations):
-    """Both leads' self-energies and Dyson residuals.
-
-    Every LAPACK call here and in the sweep works on one matrix, never on a batch: XLA:CPU
-    hands a batched LU or triangular solve to jaxlib's ``ParallelBatchMap``, which parks a
-    worker of the intra-op pool until its sub-tasks finish; two such kernels running at
-    once on a 2-core machine parked both workers and deadlocked the process (all threads
-    idle). Hence two separate decimations here and, on CPU, ``lax.map`` over the energies of
-    a chunk (:func:`_over_energies`).
-    """
-    z = energy + 1j * eta
-    out = []
-    for lead, side in ((left, "left"), (right, "right")):
-        a00, a_out, a_in = _lead_matrices(lead, z, side)
-        g = _surface(a00, a_out, a_in, max_iterations)
-        sigma = matmul(matmul(a_out, g), a_in)
-        out.append((sigma, _fixed_point_residual(g, a00, sigma)))
-    (sigma_l, res_l), (sigma_r, res_r) = out
-    return sigma_l, sigma_r, res_l, res_r
-
-
-def _transmission_one(blocks: _Blocks, left, right, energy, eta, max_iterations):
-    """T(E) and the two Dyson residuals at one energy (eV)."""
-    sigma_l, sigma_r, res_l, res_r = _self_energies(left, right, energy, eta, max_iterations)
-    return _sweep(blocks, sigma_l, sigma_r, energy), res_l, res_r
-
-
-def _sweep(blocks: _Blocks, sigma_l, sigma_r, energy):
-    """RGF forward sweep: T(E) for given lead self-energies (padded [b, b], eV)."""
-    e = energy.astype(jnp.complex128)
-
-    def diag(k):
-        return e * blocks.s_diag[k] - blocks.h_diag[k] + jnp.diag(blocks.pad[k])
-
-    n_layers = blocks.h_diag.shape[0]
-    d = diag(0) - sigma_l
-    if n_layers == 1:
-        g_first_last = jnp.linalg.inv(d - sigma_r)
-    else:
-        y = jnp.linalg.solve(d, e * blocks.s_upper[0] - blocks.h_upper[0])
-        d = diag(1) - matmul(e * blocks.s_lower[0] - blocks.h_lower[0], y)
-        chain = y
-
-        def step(carry, k):
-            # Blocks are indexed inside the step, not sliced for the scan: slices of the
-            # stacked blocks would be copied again for every energy.
-            d, chain = carry
-            y = jnp.linalg.solve(d, e * blocks.s_upper[k] - blocks.h_upper[k])
-            d_next = diag(k + 1) - matmul(e * blocks.s_lower[k] - blocks.h_lower[k], y)
-            return (d_next, matmul(chain, y)), None
-
-        (d, chain), _ = lax.scan(step, (d, chain), jnp.arange(1, n_layers - 1))
-        d = d - sigma_r
-        # chain @ d^-1 as a solve with the transposed system.
-        g_first_last = jnp.linalg.solve(d.T, chain.T).T
-    gamma_l = 1j * (sigma_l - sigma_l.conj().T)
-    gamma_r = 1j * (sigma_r - sigma_r.conj().T)
-    lhs = matmul(gamma_l, g_first_last)
-    rhs = matmul(g_first_last, gamma_r)
-    return jnp.real(jnp.sum(lhs * rhs.conj()))
-
-
-def _batched(devices: tuple) -> bool:
-    """Vectorise over energies (vmap) on accelerators; one energy at a time on CPU."""
-    platform = devices[0].platform if devices else jax.default_backend()
-    return platform != "cpu"
-
-
-def _over_energies(fn, energies, batched: bool):
-    """``fn`` at every energy: :func:`jax.vmap` if ``batched``, else :func:`jax.lax.map`.
-
-    On CPU the unbatched form is required, not a tuning choice (see :func:`_self_energies`).
-    """
-    return jax.vmap(fn)(energies) if batched else lax.map(fn, energies)
-
-
-def _chunk_function(max_iterations: int, devices: tuple):
-    """T over one chunk of energies (shard_mapped over several devices)."""
-    batched = _batched(devices)
-
-    def chunk(blocks, left, right, energies, eta):
-        return _over_energies(
-            lambda energy: _transmission_one(blocks, left, right, energy, eta, max_iterations),
-            energies,
-            batched,
-        )
-
-    if len(devices) <= 1:
-        return chunk
-    mesh = Mesh(np.asarray(devices), ("energy",))
-    spec = PartitionSpec("energy")
-    return jax.shard_map(
-        chunk,
-        mesh=mesh,
-        in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec(), spec, PartitionSpec()),
-        out_specs=(spec, spec, spec),
-    )
-
-
-@functools.lru_cache(maxsize=32)
-def _compiled_chunk(max_iterations: int, devices: tuple):
-    return jax.jit(_chunk_function(max_iterations, devices))
-
-
 # ----------------------------------------------------------------------------- input
-def _is_traced(*xs) -> bool:
+def is_traced(*xs) -> bool:
+    """Whether any of ``xs`` is a JAX tracer (inside ``jit``, ``grad`` or ``vmap``), where
+    value checks cannot run."""
     return any(isinstance(x, jax.core.Tracer) for x in xs)
 
 
@@ -241,7 +105,7 @@ def _gather(matrix, rows, cols, valid):
     return xp.where(valid, out, 0)
 
 
-def _device_blocks(hamiltonian, overlap, layers: tuple[int, ...]) -> _Blocks:
+def _device_blocks(hamiltonian, overlap, layers: tuple[int, ...]) -> DeviceBlocks:
     n_layers = len(layers)
     b = max(layers)
     offsets = layer_offsets(layers)
@@ -292,7 +156,7 @@ def _device_blocks(hamiltonian, overlap, layers: tuple[int, ...]) -> _Blocks:
     else:
         s = [gather(overlap, part) for part in parts]
     c = jnp.complex128
-    return _Blocks(
+    return DeviceBlocks(
         jnp.asarray(h[0], c),
         jnp.asarray(s[0], c),
         jnp.asarray(h[1], c),
@@ -303,7 +167,7 @@ def _device_blocks(hamiltonian, overlap, layers: tuple[int, ...]) -> _Blocks:
     )
 
 
-def _pad_lead(lead: Lead, size: int, b: int, side: str) -> _LeadBlocks:
+def _pad_lead(lead: Lead, size: int, b: int, side: str) -> LeadBlocks:
     def square(x, what, default):
         x = default if x is None else x
         shape = tuple(x.shape)
@@ -312,7 +176,7 @@ def _pad_lead(lead: Lead, size: int, b: int, side: str) -> _LeadBlocks:
                 f"{side} lead {what} has shape {shape}; it must be ({size}, {size}), the size of "
                 f"the {'first' if side == 'left' else 'last'} layer"
             )
-        if not _is_traced(x) and not np.all(np.isfinite(np.asarray(x))):
+        if not is_traced(x) and not np.all(np.isfinite(np.asarray(x))):
             raise ValueError(f"{side} lead {what} has NaN or inf entries")
         x = jnp.asarray(x, jnp.complex128)
         return jnp.zeros((b, b), jnp.complex128).at[:size, :size].set(x)
@@ -320,7 +184,7 @@ def _pad_lead(lead: Lead, size: int, b: int, side: str) -> _LeadBlocks:
     pad = jnp.asarray(np.arange(b) >= size, jnp.float64)
     h01 = square(lead.hopping, "hopping", None)
     s01 = square(lead.overlap_hopping, "overlap_hopping", np.zeros((size, size)))
-    return _LeadBlocks(
+    return LeadBlocks(
         square(lead.onsite, "onsite", None),
         square(lead.overlap_onsite, "overlap_onsite", np.eye(size)),
         h01,
@@ -329,36 +193,6 @@ def _pad_lead(lead: Lead, size: int, b: int, side: str) -> _LeadBlocks:
         s01.conj().T,
         pad,
     )
-
-
-def _default_leads(blocks: _Blocks, layers: tuple[int, ...]):
-    if len(layers) < 2:
-        raise ValueError("default leads need at least 2 layers (or pass leads=(left, right))")
-    if layers[0] != layers[1] or layers[-1] != layers[-2]:
-        raise ValueError(
-            f"default leads repeat the first and last layers, so layers 0 and 1 and layers "
-            f"{len(layers) - 2} and {len(layers) - 1} must have equal sizes; got "
-            f"{layers[0]}, {layers[1]} and {layers[-2]}, {layers[-1]}"
-        )
-    left = _LeadBlocks(
-        blocks.h_diag[0],
-        blocks.s_diag[0],
-        blocks.h_upper[0],
-        blocks.s_upper[0],
-        blocks.h_lower[0],
-        blocks.s_lower[0],
-        blocks.pad[0],
-    )
-    right = _LeadBlocks(
-        blocks.h_diag[-1],
-        blocks.s_diag[-1],
-        blocks.h_upper[-1],
-        blocks.s_upper[-1],
-        blocks.h_lower[-1],
-        blocks.s_lower[-1],
-        blocks.pad[-1],
-    )
-    return left, right
 
 
 def _auto_chunk(b: int, n_devices: int) -> int:
@@ -447,8 +281,8 @@ def transmission(
         )
     if not eta > 0:
         raise ValueError(f"eta must be positive (eV), got {eta}")
-    traced = _is_traced(hamiltonian, overlap, energies) or (
-        leads is not None and _is_traced(*jax.tree.leaves(leads))
+    traced = is_traced(hamiltonian, overlap, energies) or (
+        leads is not None and is_traced(*jax.tree.leaves(leads))
     )
     if sp.issparse(hamiltonian) or sp.issparse(overlap):
         if not (sp.issparse(hamiltonian) and (overlap is None or sp.issparse(overlap))):
@@ -481,7 +315,7 @@ def transmission(
     blocks = _device_blocks(hamiltonian, overlap, layers)
     b = max(layers)
     if leads is None:
-        left, right = _default_leads(blocks, layers)
+        left, right = end_leads(blocks, layers)
     else:
         if len(leads) != 2:
             raise ValueError("leads must be a pair (left, right) of Lead")
@@ -504,7 +338,7 @@ def transmission(
     if traced:
         energies = jnp.asarray(energies, jnp.float64)
         padded = jnp.concatenate([energies, jnp.full(n_padded - n_energies, energies[-1])])
-        fn = _chunk_function(max_iterations, devices)
+        fn = chunk_function(max_iterations, devices)
         if n_chunks == 1:
             out = fn(blocks, left, right, padded, eta)
         else:
@@ -516,12 +350,10 @@ def transmission(
         return TransmissionResult(*(x[:n_energies] for x in out))
 
     padded = np.concatenate([energies, np.full(n_padded - n_energies, energies[-1])])
-    fn = _compiled_chunk(max_iterations, devices)
+    fn = compiled_chunk(max_iterations, devices)
     parts = []
     chunks = range(n_chunks)
     if progress and n_chunks > 1:
-        from tqdm.auto import tqdm
-
         chunks = tqdm(chunks, desc="T(E)", unit="chunk")
     for c in chunks:
         part = fn(blocks, left, right, padded[c * chunk : (c + 1) * chunk], eta)
@@ -567,9 +399,7 @@ def open_channels(
     Returns:
         ``[n_E]`` float64 array: the perfect lead's T(E), or the band count.
     """
-    from hamjax.transport.bands import _blocks, lead_bands
-
-    h00, h01, s00, s01 = _blocks(lead)
+    h00, h01, s00, s01 = lead_arrays(lead)
     b = h00.shape[0]
     energies = np.asarray(energies, dtype=np.float64)
     if method == "bands":

@@ -43,7 +43,13 @@ from jax import lax
 
 from hamjax.transport.linalg import matmul
 
-__all__ = ["surface_green_function", "self_energy", "dyson_residual"]
+__all__ = [
+    "surface_green_function",
+    "self_energy",
+    "dyson_residual",
+    "fixed_point_residual",
+    "surface_green",
+]
 
 DEFAULT_MAX_ITERATIONS = 60
 """Default cap on decimation (and Stein doubling) iterations: 2^60 lead cells."""
@@ -102,16 +108,19 @@ def _stein(p, q, r, max_iterations):
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(3,))
-def _surface(a00, a_out, a_in, max_iterations):
+def surface_green(a00, a_out, a_in, max_iterations):
+    """Surface Green's function ``g = (a00 - a_out g a_in)^-1`` of a lead from its blocks
+    of ``A = z S - H`` at one complex energy (module note): Lopez-Sancho decimation of at
+    most ``max_iterations`` steps, differentiated implicitly (forward and reverse mode)."""
     eps_s = _decimate(a00, a_out, a_in, max_iterations)
     return jnp.linalg.inv(eps_s)
 
 
-@_surface.defjvp
+@surface_green.defjvp
 def _surface_jvp(max_iterations, primals, tangents):
     a00, a_out, a_in = primals
     da00, da_out, da_in = tangents
-    g = _surface(a00, a_out, a_in, max_iterations)
+    g = surface_green(a00, a_out, a_in, max_iterations)
     ga_in = g @ a_in
     a_out_g = a_out @ g
     r = g @ (-da00 + da_out @ ga_in + a_out_g @ da_in) @ g
@@ -164,8 +173,9 @@ def _lead_matrices(energy, onsite, hopping, overlap_onsite, overlap_hopping, eta
     raise ValueError(f"side must be 'left' or 'right', got {side!r}")
 
 
-def _fixed_point_residual(g: jax.Array, a00: jax.Array, sigma: jax.Array) -> jax.Array:
-    """``||(a00 - sigma) g - 1||_F`` with ``sigma = a_out g a_in`` (no gradient)."""
+def fixed_point_residual(g: jax.Array, a00: jax.Array, sigma: jax.Array) -> jax.Array:
+    """:func:`dyson_residual` ``||(a00 - sigma) g - 1||_F`` for a self-energy
+    ``sigma = a_out g a_in`` already at hand (no gradient)."""
     g, a00, sigma = (lax.stop_gradient(x) for x in (g, a00, sigma))
     r = matmul(a00 - sigma, g) - jnp.eye(g.shape[-1], dtype=g.dtype)
     return jnp.linalg.norm(r)
@@ -178,7 +188,7 @@ def dyson_residual(g: jax.Array, a00: jax.Array, a_out: jax.Array, a_in: jax.Arr
     the relative error ``||g - (a00 - a_out g a_in)^-1||_2 / ||g||_2`` of the fixed point
     to first order; it needs one product where that error needs an inversion.
     """
-    return _fixed_point_residual(g, a00, a_out @ g @ a_in)
+    return fixed_point_residual(g, a00, a_out @ g @ a_in)
 
 
 def surface_green_function(
@@ -210,7 +220,7 @@ def surface_green_function(
     a00, a_out, a_in = _lead_matrices(
         energy, onsite, hopping, overlap_onsite, overlap_hopping, eta, side
     )
-    g = _surface(a00, a_out, a_in, max_iterations)
+    g = surface_green(a00, a_out, a_in, max_iterations)
     return g, dyson_residual(g, a00, a_out, a_in)
 
 
@@ -242,6 +252,6 @@ def self_energy(
     a00, a_out, a_in = _lead_matrices(
         energy, onsite, hopping, overlap_onsite, overlap_hopping, eta, side
     )
-    g = _surface(a00, a_out, a_in, max_iterations)
+    g = surface_green(a00, a_out, a_in, max_iterations)
     sigma = a_out @ g @ a_in
-    return sigma, _fixed_point_residual(g, a00, sigma)
+    return sigma, fixed_point_residual(g, a00, sigma)
