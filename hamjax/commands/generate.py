@@ -1,7 +1,7 @@
 """Build VCM devices or read structures and compute their reference Hamiltonians.
 
-Every structure becomes one dataset file ``OUTPUT/<name>.npz`` (written atomically by
-:func:`hamjax.io.dataset.save`), and ``OUTPUT/manifest.json`` lists them with their source,
+Every structure becomes one dataset file ``OUT/<name>.npz`` (written atomically by
+:func:`hamjax.io.dataset.save`), and ``OUT/manifest.json`` lists them with their source,
 size, SCF cycles and wall time. Runs are resumable: a structure whose file already exists and
 loads is skipped, so an interrupted run continues where it stopped (a file cut short by a
 kill never carries the final name, and an unreadable one is recomputed).
@@ -22,6 +22,8 @@ Config (JSON), every key optional except that devices or structures must give so
     }
 
 Device ``count`` copies use seeds ``seed, seed + 1, ...`` and are named ``<name>-<seed>``.
+A structures entry is a file name or an object with ``path`` and optionally ``index`` (ase's
+frame selection), ``name`` (output stem) and ``format`` (ase's file format).
 """
 
 from __future__ import annotations
@@ -33,29 +35,44 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["add_arguments", "run", "load_config", "plan_jobs", "Job"]
+from hamjax.commands.generate_jobs import (
+    ENGINES,
+    GenerateConfig,
+    Job,
+    key_values,
+    load_config,
+    plan_jobs,
+)
 
-_TOP_KEYS = {"engine", "settings", "devices", "structures"}
-_DEVICE_KEYS = {"name", "count", "seed", "spec"}
-_STRUCTURE_KEYS = {"path", "index", "name", "format"}
+__all__ = ["MANIFEST", "GenerateConfig", "Job", "add_arguments", "load_config", "plan_jobs", "run"]
+
 MANIFEST = "manifest.json"
 
 
-@dataclasses.dataclass
-class Job:
-    """One structure to compute: its file name stem, how to get it, and where it came from."""
+class _DeprecatedAlias(argparse.Action):
+    """Stores like the option it stands for, with a note on stderr to use the new name."""
 
-    name: str
-    source: dict
-    make_atoms: object  # () -> ase.Atoms
+    def __init__(self, option_strings, dest, new_name: str, **kwargs):
+        self.new_name = new_name
+        super().__init__(option_strings, dest, **kwargs)
 
-    def output(self, folder: Path) -> Path:
-        return folder / f"{self.name}.npz"
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: {option_string} is deprecated; use {self.new_name}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="JSON config (see above)")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    out = parser.add_mutually_exclusive_group(required=True)
+    out.add_argument("-o", "--out", type=Path, help="output folder")
+    out.add_argument(
+        "--output",
+        dest="out",
+        type=Path,
+        action=_DeprecatedAlias,
+        new_name="--out",
+        help=argparse.SUPPRESS,
+    )
     parser.add_argument(
         "--structures",
         nargs="+",
@@ -63,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="structure files readable by ase (extxyz, xyz, cif, POSCAR ...); every frame",
     )
-    parser.add_argument("--engine", choices=("tblite", "pyscf"), help="reference engine")
+    parser.add_argument("--engine", choices=ENGINES, help="reference engine")
     parser.add_argument(
         "--set",
         action="append",
@@ -99,183 +116,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="list the structures and exit")
 
 
-# ----------------------------------------------------------------------------- config
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _key_values(items: list[str], flag: str) -> dict:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE")
-        key, value = item.split("=", 1)
-        out[key.strip()] = _parse_value(value.strip())
-    return out
-
-
-def load_config(path: Path | None) -> dict:
-    """Read and check a generate config; errors name the file and the offending key."""
-    if path is None:
-        return {}
-    if not path.is_file():
-        raise FileNotFoundError(f"config {path} does not exist")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"config {path}: invalid JSON at line {err.lineno}: {err.msg}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"config {path}: the top level must be an object")
-    unknown = set(config) - _TOP_KEYS
-    if unknown:
-        raise ValueError(
-            f"config {path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}"
-        )
-    if "engine" in config and config["engine"] not in ("tblite", "pyscf"):
-        raise ValueError(
-            f"config {path}: key 'engine' must be 'tblite' or 'pyscf', not {config['engine']!r}"
-        )
-    if not isinstance(config.get("settings", {}), dict):
-        raise ValueError(f"config {path}: key 'settings' must be an object")
-    devices = config.get("devices", [])
-    if not isinstance(devices, list):
-        raise ValueError(f"config {path}: key 'devices' must be a list")
-    for k, group in enumerate(devices):
-        where = f"config {path}: devices[{k}]"
-        if not isinstance(group, dict):
-            raise ValueError(f"{where} must be an object")
-        unknown = set(group) - _DEVICE_KEYS
-        if unknown:
-            raise ValueError(
-                f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_DEVICE_KEYS)}"
-            )
-        for key in ("count", "seed"):
-            if key in group and (not isinstance(group[key], int) or group[key] < 0):
-                raise ValueError(f"{where}: key {key!r} must be a non-negative integer")
-        if not isinstance(group.get("spec", {}), dict):
-            raise ValueError(f"{where}: key 'spec' must be an object")
-    structures = config.get("structures", [])
-    if not isinstance(structures, list):
-        raise ValueError(f"config {path}: key 'structures' must be a list")
-    for k, item in enumerate(structures):
-        if isinstance(item, dict):
-            unknown = set(item) - _STRUCTURE_KEYS
-            if unknown or "path" not in item:
-                raise ValueError(
-                    f"config {path}: structures[{k}] needs key 'path' and only "
-                    f"{sorted(_STRUCTURE_KEYS)}; got {sorted(item)}"
-                )
-        elif not isinstance(item, str):
-            raise ValueError(f"config {path}: structures[{k}] must be a path or an object")
-    config["_path"] = str(path)
-    return config
-
-
-def _device_jobs(group: dict, where: str) -> list[Job]:
-    from hamjax.structures import build_device
-
-    name = group.get("name", "device")
-    count = int(group.get("count", 1))
-    seed0 = int(group.get("seed", 0))
-    fields = dict(group.get("spec", {}))
-    jobs = []
-    for seed in range(seed0, seed0 + count):
-        try:
-            spec = _device_spec({**fields, "seed": seed})
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{where}: bad device spec: {err}") from None
-
-        def make(spec=spec):
-            return build_device(spec)
-
-        source = {"kind": "device", "spec": _jsonable(spec), "seed": seed}
-        jobs.append(Job(name=f"{name}-{seed:03d}", source=source, make_atoms=make))
-    return jobs
-
-
-def _device_spec(fields: dict):
-    """``DeviceSpec`` from a JSON-like dict; an unknown key is named in the error."""
-    from hamjax.structures import DeviceSpec
-
-    allowed = {f.name for f in dataclasses.fields(DeviceSpec)}
-    unknown = set(fields) - allowed
-    if unknown:
-        raise ValueError(f"unknown key(s) {sorted(unknown)}; DeviceSpec has {sorted(allowed)}")
-    return DeviceSpec.from_json(json.dumps(fields))
-
-
-def _jsonable(spec) -> dict:
-    if dataclasses.is_dataclass(spec):
-        spec = dataclasses.asdict(spec)
-    return json.loads(json.dumps(spec, default=lambda o: getattr(o, "tolist", lambda: str(o))()))
-
-
-def _file_jobs(item, base: Path | None) -> list[Job]:
-    import ase.io
-
-    if isinstance(item, (str, Path)):
-        item = {"path": str(item)}
-    path = Path(item["path"])
-    if base is not None and not path.is_absolute() and not path.exists():
-        path = base / path
-    if not path.is_file():
-        raise FileNotFoundError(f"structure file {path} does not exist")
-    index = item.get("index", ":")
-    try:
-        frames = ase.io.read(path, index=index, format=item.get("format"))
-    except Exception as err:  # ase raises many types for malformed files
-        raise ValueError(f"cannot read structures from {path}: {err}") from None
-    if not isinstance(frames, list):
-        frames = [frames]
-    stem = item.get("name", path.stem)
-    jobs = []
-    for k, atoms in enumerate(frames):
-        name = stem if len(frames) == 1 else f"{stem}-{k:03d}"
-        source = {"kind": "file", "path": str(path), "frame": k}
-        jobs.append(Job(name=name, source=source, make_atoms=lambda a=atoms: a))
-    return jobs
-
-
-def plan_jobs(config: dict, args) -> list[Job]:
-    """The structures of a run, from the config plus command-line flags, with unique names."""
-    base = Path(config["_path"]).parent if "_path" in config else None
-    jobs: list[Job] = []
-    for k, group in enumerate(config.get("devices", [])):
-        jobs += _device_jobs(group, f"config {config.get('_path')}: devices[{k}]")
-    if args.n_devices is not None or args.device:
-        group = {
-            "name": args.name or "device",
-            "count": args.n_devices if args.n_devices is not None else 1,
-            "seed": args.seed if args.seed is not None else 0,
-            "spec": _key_values(args.device, "--device"),
-        }
-        if group["count"] < 0:
-            raise ValueError(f"--n-devices must be >= 0, got {group['count']}")
-        jobs += _device_jobs(group, "command line --device")
-    for item in config.get("structures", []):
-        jobs += _file_jobs(item, base)
-    for path in args.structures:
-        jobs += _file_jobs(str(path), None)
-    seen = {}
-    for job in jobs:
-        if job.name in seen:
-            raise ValueError(
-                f"two structures are named {job.name!r} ({seen[job.name]} and "
-                f"{job.source}); give them distinct names"
-            )
-        seen[job.name] = job.source
-    return jobs
-
-
 # ----------------------------------------------------------------------------- state
 def _is_done(path: Path) -> bool:
     """A finished structure: the file exists and loads as a dataset record."""
     if not path.is_file():
         return False
-    from hamjax.io.dataset import load
+    from hamjax.io.dataset import load  # deferred: numpy and more, not needed by --help
 
     try:
         load(path)
@@ -285,12 +131,13 @@ def _is_done(path: Path) -> bool:
 
 
 def _write_json_atomic(path: Path, data) -> None:
-    from hamjax.io.atomic import write_text
+    from hamjax.io.atomic import write_text  # deferred: as in _is_done
 
     write_text(path, json.dumps(data, indent=1, default=str))
 
 
 def _compute(job: Job, atoms, output: Path, engine: str, settings: dict, args) -> dict:
+    # deferred: the engines import tblite / PySCF, and the CLI imports us for --help
     if args.in_process:
         from hamjax.io.dataset import save
         from hamjax.reference import SCFConvergenceError, compute_reference
@@ -316,17 +163,17 @@ def _compute(job: Job, atoms, output: Path, engine: str, settings: dict, args) -
 
 def run(args) -> int:
     config = load_config(args.config)
-    engine = args.engine or config.get("engine", "tblite")
-    settings = {**config.get("settings", {}), **_key_values(args.set, "--set")}
-    if engine == "tblite":
-        from hamjax.reference.tblite import TBLiteSettings
-
-        TBLiteSettings(**_checked(settings, TBLiteSettings, "tblite"))
-    else:
-        from hamjax.reference.pyscf import PySCFSettings
-
-        PySCFSettings(**_checked(settings, PySCFSettings, "pyscf"))
-    jobs = plan_jobs(config, args)
+    engine = args.engine or config.engine
+    flags = key_values(args.set, "--set")
+    settings_class = _settings_class(engine)
+    _check_keys(config.settings, settings_class, engine, f"{args.config}: key 'settings'")
+    _check_keys(flags, settings_class, engine, "--set")
+    settings = {**config.settings, **flags}
+    try:
+        settings_class(**settings)
+    except TypeError as err:
+        raise ValueError(f"{engine} settings: {err}") from None
+    jobs = plan_jobs(config, args, args.config)
     if not jobs:
         raise ValueError(
             "nothing to generate: give --config with 'devices' or 'structures', "
@@ -337,9 +184,9 @@ def run(args) -> int:
             print(job.name, json.dumps(job.source))
         return 0
 
-    from tqdm import tqdm
+    from tqdm import tqdm  # deferred: only a run needs it, not --help
 
-    folder = args.output
+    folder = args.out
     folder.mkdir(parents=True, exist_ok=True)
     manifest_path = folder / MANIFEST
     manifest = {"engine": engine, "settings": settings, "structures": {}}
@@ -350,7 +197,8 @@ def run(args) -> int:
         except (json.JSONDecodeError, AttributeError):
             pass  # rebuilt from the files below
     failures = 0
-    bar = tqdm(jobs, desc="references", unit="structure", file=sys.stderr)
+    # disable=None: no bar when stderr is not a terminal (logs, pipes)
+    bar = tqdm(jobs, desc="references", unit="structure", file=sys.stderr, disable=None)
     for job in bar:
         output = job.output(folder)
         entry = manifest["structures"].get(job.name, {})
@@ -389,11 +237,23 @@ def run(args) -> int:
     return 0 if failures == 0 else 1
 
 
-def _checked(settings: dict, cls, engine: str) -> dict:
+def _settings_class(engine: str) -> type:
+    """The settings dataclass of ``engine``: its fields are the valid settings."""
+    # deferred: the engines import tblite / PySCF, and the CLI imports this module for --help
+    if engine == "tblite":
+        from hamjax.reference.tblite import TBLiteSettings
+
+        return TBLiteSettings
+    from hamjax.reference.pyscf import PySCFSettings
+
+    return PySCFSettings
+
+
+def _check_keys(settings: dict, cls: type, engine: str, where: str) -> None:
+    """Raise ValueError naming ``where`` if ``settings`` has a key that ``cls`` lacks."""
     allowed = {f.name for f in dataclasses.fields(cls)}
     unknown = set(settings) - allowed
     if unknown:
         raise ValueError(
-            f"unknown {engine} setting(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
+            f"{where}: unknown {engine} setting(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
         )
-    return settings
