@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -77,3 +79,24 @@ def test_bad_npz_inputs_give_one_clear_line(tmp_path, capsys):
 
     assert main(["transport", str(tmp_path / "missing.npz")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.98])
+def test_truncated_npz_gives_one_line_and_status_2(tmp_path, keep):
+    """A device file cut short (as by a full disk or a killed copy): one error line naming
+    the file, exit status 2, no traceback; run as from a shell."""
+    path = tmp_path / "device.npz"
+    assert main(["transport", "--write-example", str(path)]) == 0
+    assert main(["transport", str(path), "--out", str(tmp_path / "ok")]) == 0  # valid file
+    data = path.read_bytes()
+    path.write_bytes(data[: int(keep * len(data))])
+    done = subprocess.run(
+        [sys.executable, "-m", "hamjax.cli", "transport", str(path), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"hamjax transport: error: {path}: ")
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert not (tmp_path / "o").exists()

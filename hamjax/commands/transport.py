@@ -43,7 +43,9 @@ import argparse
 import csv
 import json
 import math
+import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +116,8 @@ def _load(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        # a truncated or damaged file: zipfile and numpy raise any of these
         raise ValueError(f"{path}: not a readable .npz file ({err})") from err
     if "hamiltonian" not in arrays and "hamiltonians" not in arrays:
         raise ValueError(
@@ -236,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--eta must be positive, got {args.eta}")
     energies = np.linspace(start, stop, int(num))
     images = "hamiltonians" in arrays
+    progress = sys.stderr.isatty()  # no progress bars in logs and pipes
     if images and args.kgrid is None:
         raise ValueError(
             f"{label}: image matrices ('hamiltonians', 'shifts') need --kgrid 1 N2 N3 "
@@ -265,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
                 tuple(args.kgrid),
                 eta=args.eta,
                 chunk_size=args.chunk_size,
-                progress=True,
+                progress=progress,
             )
             residual_left = np.max(np.asarray(kresult.residual_left), axis=0)
             residual_right = np.max(np.asarray(kresult.residual_right), axis=0)
@@ -276,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
                 h = linear_potential_drop(h, s, layers, args.bias)
             t0 = time.perf_counter()
             result = transmission(
-                h, s, layers, energies, eta=args.eta, chunk_size=args.chunk_size, progress=True
+                h, s, layers, energies, eta=args.eta, chunk_size=args.chunk_size, progress=progress
             )
     except ValueError as err:
         raise ValueError(f"{label}: {err}") from err
