@@ -135,14 +135,14 @@ INPUT_ERRORS = (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile)
 
 
 def _input_files(args: argparse.Namespace) -> list[Path]:
-    """The existing files among the parsed arguments (the command's inputs, mostly)."""
+    """The existing files among the parsed path arguments (the command's inputs, mostly)."""
     found = []
     for name, value in vars(args).items():
         if name.startswith("_"):
             continue
         for item in value if isinstance(value, list | tuple) else [value]:
-            if isinstance(item, str | Path) and item and Path(item).is_file():
-                found.append(Path(item))
+            if isinstance(item, Path) and item.is_file():
+                found.append(item)
     return found
 
 
