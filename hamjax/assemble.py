@@ -1,4 +1,4 @@
-"""Padded model blocks -> Hamiltonian matrices, and the differentiable chain to the current.
+"""Padded model blocks -> Hamiltonian matrices, and the current of a device Hamiltonian.
 
 The model predicts padded blocks (``node_blocks [n_node, M, M]``, ``edge_blocks
 [n_edge, M, M]``, Hartree) on a graph in hamjax's layout (see :mod:`hamjax.graph`). This module
@@ -12,22 +12,24 @@ puts them into matrices in hamjax orbital order (atoms in node order, shells in 
   ``exp(2 pi i k . R)``, the convention of :meth:`hamjax.blocks.BlockHamiltonian.to_dense`).
 - :func:`sparse_hamiltonian` (host, ``scipy.sparse.csr_matrix``) and :func:`bcoo_hamiltonian`
   (JAX ``BCOO``, jit-compatible) for structures whose dense matrix does not fit.
-- :func:`transport_chain`: ``positions -> graph edge vectors -> model -> H (eV) ->
-  hamjax.transport.transmission -> current``, one jit-able function whose gradients give
-  ``dI/d(positions)`` and, through :func:`current_from_hamiltonian`, ``dI/dH``.
+- :func:`current_from_hamiltonian` (pure JAX, jit/grad in H): the Landauer current of a device
+  Hamiltonian in eV, whose gradient is ``dI/dH``. The whole chain ``positions -> model -> H ->
+  current`` of a trained model is :func:`hamjax.sensitivity.position_chain`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse
+from jax.experimental import sparse as jax_sparse
 
+from hamjax import transport
 from hamjax.basis import Basis
-from hamjax.constants import HARTREE_EV
 
 __all__ = [
     "OrbitalIndex",
@@ -36,7 +38,6 @@ __all__ = [
     "sparse_hamiltonian",
     "bcoo_hamiltonian",
     "current_from_hamiltonian",
-    "transport_chain",
 ]
 
 
@@ -153,8 +154,6 @@ def sparse_hamiltonian(
     Same arguments and conventions as :func:`dense_hamiltonian`; duplicate entries (several
     images of one atom pair) are summed.
     """
-    import scipy.sparse
-
     rows, cols, keep, edges = _triplets(
         node_blocks, edge_blocks, senders, receivers, shifts, edge_mask, index, k
     )
@@ -185,8 +184,6 @@ def bcoo_hamiltonian(
     Duplicate entries are kept (BCOO sums them in every product); call ``.sum_duplicates()``
     outside jit if a canonical form is needed.
     """
-    from jax.experimental import sparse
-
     rows, cols, keep, edges = _triplets(
         node_blocks, edge_blocks, senders, receivers, shifts, edge_mask, index, k
     )
@@ -202,7 +199,7 @@ def bcoo_hamiltonian(
     keep_index = np.nonzero(keep)[0]
     indices = np.stack([rows[keep_index], cols[keep_index]], axis=1)
     n = index.n_orbitals
-    return sparse.BCOO((values[keep_index], jnp.asarray(indices)), shape=(n, n))
+    return jax_sparse.BCOO((values[keep_index], jnp.asarray(indices)), shape=(n, n))
 
 
 def current_from_hamiltonian(
@@ -223,8 +220,6 @@ def current_from_hamiltonian(
     (with ``check=False`` so that it traces); ``jax.grad`` of the current with respect to
     ``hamiltonian_ev`` is ``dI/dH`` in A/eV.
     """
-    from hamjax import transport
-
     options = dict(transmission_options)
     options.setdefault("check", False)
     if eta is not None:
@@ -233,68 +228,3 @@ def current_from_hamiltonian(
     t = result.transmission
     i = transport.current(energies, t, bias, fermi_level=fermi_level, temperature=temperature)
     return i, t
-
-
-def transport_chain(
-    apply_fn: Callable,
-    graph,
-    index: OrbitalIndex,
-    layers: Sequence[int],
-    energies,
-    bias: float,
-    *,
-    fermi_level: float,
-    overlap=None,
-    temperature: float = 300.0,
-    **transmission_options,
-) -> Callable:
-    """The differentiable chain ``(params, positions) -> (current [A], transmission)``.
-
-    ``positions`` (Angstrom, ``[n_node, 3]``) replace ``graph.nodes["positions"]``; the edge
-    vectors are recomputed from them inside the model, so ``jax.grad`` with respect to
-    ``positions`` is ``dI/dR`` (A/Angstrom). The model's Gamma-point H (Hartree) is converted to
-    eV before transport. The graph's connectivity is fixed (static), so derivatives are exact
-    as long as no pair crosses the cutoff (where the model is smooth anyway).
-
-    Args:
-        apply_fn: ``apply_fn(params, graph) -> (node_blocks, edge_blocks)`` in Hartree, e.g.
-            ``HamiltonianModel(config).apply``.
-        graph: the (padded or not) ``jraph.GraphsTuple`` of the device, atoms ordered along
-            the transport axis so that ``layers`` split H into principal layers.
-        index: :func:`orbital_index` of the graph's nodes.
-        layers: principal-layer sizes in orbitals (static).
-        energies: ``[n_E]`` eV; bias: volts; fermi_level: eV; temperature: kelvin.
-        overlap: S ``[n_orb, n_orb]`` (fixed) or None for an orthogonal basis.
-        **transmission_options: passed to :func:`hamjax.transport.transmission` (``eta``,
-            ``leads``, ``max_iterations``, ``chunk_size``).
-
-    Returns:
-        ``chain(params, positions) -> (current, transmission)``.
-    """
-    edges = graph.edges
-
-    def chain(params, positions):
-        nodes = dict(graph.nodes)
-        nodes["positions"] = positions
-        node_blocks, edge_blocks = apply_fn(params, graph._replace(nodes=nodes))
-        h = dense_hamiltonian(
-            node_blocks,
-            edge_blocks,
-            graph.senders,
-            graph.receivers,
-            edges["shifts"],
-            edges["mask"],
-            index,
-        )
-        return current_from_hamiltonian(
-            h * HARTREE_EV,
-            overlap,
-            layers,
-            energies,
-            bias,
-            fermi_level=fermi_level,
-            temperature=temperature,
-            **transmission_options,
-        )
-
-    return chain

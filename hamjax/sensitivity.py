@@ -22,7 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hamjax.assemble import current_from_hamiltonian, dense_hamiltonian, orbital_index
 from hamjax.constants import HARTREE_EV
+from hamjax.models import HamiltonianModel
 from hamjax.two_terminal import TwoTerminal, axis_coordinates, inside_cell
 
 __all__ = [
@@ -36,8 +38,6 @@ __all__ = [
 
 
 def _current_fn(overlap, layers, energies, bias, fermi_level, temperature, eta, leads=None):
-    from hamjax.assemble import current_from_hamiltonian
-
     def current(h):
         value, _ = current_from_hamiltonian(
             h,
@@ -111,9 +111,6 @@ def position_hamiltonian(
             order defines the rows of H).
         axis, origin_offset: as in :func:`hamjax.two_terminal.open_device`.
     """
-    from hamjax.assemble import dense_hamiltonian, orbital_index
-    from hamjax.models import HamiltonianModel
-
     model = HamiltonianModel(model_config)
     x, length = axis_coordinates(graph.positions, graph.cell, axis, origin_offset)
     # Couplings through the cell boundary along the axis are cut, as in open_device.

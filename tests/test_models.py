@@ -8,13 +8,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from ase import Atoms
 
-from hamjax.assemble import dense_hamiltonian, orbital_index, transport_chain
+from hamjax.assemble import dense_hamiltonian, orbital_index
 from hamjax.basis import Basis, basis_rotation_blocks, orbital_rotation
 from hamjax.batching import Budget, batch_graphs
 from hamjax.graph import build_graph
 from hamjax.models import HamiltonianModel, ModelConfig, block_layout
+from hamjax.sensitivity import position_chain, position_hamiltonian
+from hamjax.two_terminal import TwoTerminal
 
 BASIS = Basis.from_dict("test", {"Hf": (2, 0, 1), "O": (0, 1), "H": (0, 0)})
 CONFIG = ModelConfig(
@@ -288,32 +291,40 @@ def test_current_gradient_wrt_positions_matches_finite_differences():
     positions[:, 0] = np.arange(n_atoms) * 1.0
     positions[3:5, 1] = [0.12, -0.08]  # a kink in the middle scatters
     positions[4, 2] = 0.1
-    atoms = Atoms(f"H{n_atoms}", positions=positions)
+    # a molecule; the cell only gives the transport axis its length (no coupling is cut)
+    atoms = Atoms(f"H{n_atoms}", positions=positions, cell=np.diag([20.0, 20.0, 20.0]))
     graph = build_graph(atoms, config.cutoff, basis=basis)
-    padded, _ = batch_graphs([graph], budget=Budget(n_node=12, n_edge=24, n_graph=2))
     net = HamiltonianModel(config)
-    params = jax.jit(net.init)(jax.random.PRNGKey(2), padded)
-    index = orbital_index(basis, padded.nodes["species"], padded.nodes["mask"])
+    params = jax.jit(net.init)(jax.random.PRNGKey(2), graph.to_graphs_tuple())
+    # One s orbital per atom, atoms already in transport order, orthogonal basis.
+    device = TwoTerminal(
+        hamiltonian=sp.csr_matrix((n_atoms, n_atoms)),  # unused: the model gives H
+        overlap=sp.identity(n_atoms, format="csr"),
+        layers=(1,) * n_atoms,
+        order=np.arange(n_atoms),
+        orbital_order=np.arange(n_atoms),
+        atom_layer=np.arange(n_atoms),
+        fermi_level_ev=None,
+        dropped_max_ev=0.0,
+    )
+    x0 = np.asarray(graph.positions)
 
     # Choose energies and bias inside the band of the (model-predicted) lead chain.
-    node, edge = jax.jit(net.apply)(params, padded)
-    h = np.asarray(_dense_generic(index, padded, node, edge)) * 27.211386245981
+    h = np.asarray(jax.jit(position_hamiltonian(config, graph, device))(params, x0))  # eV
     onsite, hopping = h[0, 0], h[0, 1]
     assert abs(hopping) > 1e-3  # a real band (energies and bias scale with it)
     energies = onsite + np.linspace(-1.0, 1.0, 41) * abs(hopping)
     bias = 0.4 * abs(hopping)
-    chain = transport_chain(
-        net.apply,
-        padded,
-        index,
-        layers=[1] * n_atoms,
-        energies=energies,
-        bias=bias,
+    chain = position_chain(
+        config,
+        graph,
+        device,
+        energies,
+        bias,
         fermi_level=float(onsite),
         temperature=0.0,
     )
-    current = jax.jit(lambda p: chain(params, p)[0])
-    x0 = np.asarray(padded.nodes["positions"])
+    current = jax.jit(lambda p: chain(params, p))
     grad = np.asarray(jax.grad(current)(x0))
     i0 = float(current(x0))
     assert i0 > 0
@@ -325,18 +336,6 @@ def test_current_gradient_wrt_positions_matches_finite_differences():
         fd = (float(current(plus)) - float(current(minus))) / (2 * step)
         np.testing.assert_allclose(grad[atom, axis], fd, rtol=1e-5, atol=1e-9 * i0)
     assert np.abs(grad[3:6]).max() > 1e-6 * i0  # the kink matters (per Angstrom)
-
-
-def _dense_generic(index, padded, node, edge):
-    return dense_hamiltonian(
-        node,
-        edge,
-        padded.senders,
-        padded.receivers,
-        padded.edges["shifts"],
-        padded.edges["mask"],
-        index,
-    )
 
 
 def test_config_round_trips_through_json():
