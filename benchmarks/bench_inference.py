@@ -76,6 +76,8 @@ def main(argv=None) -> int:
     import numpy as np
 
     from hamjax import batching, train
+    from hamjax.basis import gfn1_xtb_basis
+    from hamjax.config import read_json_object
     from hamjax.graph import build_graph, gather_targets
     from hamjax.inference import Predictor
     from hamjax.models import HamiltonianModel, ModelConfig
@@ -83,12 +85,16 @@ def main(argv=None) -> int:
     from hamjax.structures.device import build_device, paper_spec
 
     device = jax.devices()[0]
+    vcm_basis = gfn1_xtb_basis(["N", "O", "Ti", "Hf"])  # the elements of the VCM devices
+    model_config = ModelConfig(basis=vcm_basis)
     if args.config:
-        with open(args.config) as handle:
-            data = json.load(handle)
-        model_config = train._model_from_dict(data.get("model", data))
-    else:
-        model_config = ModelConfig(basis=train.vcm_basis())
+        data = read_json_object(args.config)
+        try:
+            model_config = train.model_from_json(data.get("model", data))
+        except ValueError as err:
+            raise ValueError(f"{args.config}: key 'model': {err}") from None
+        if not isinstance(model_config, ModelConfig):  # no basis given: the VCM devices'
+            model_config = ModelConfig(basis=vcm_basis, **model_config)
     common = {
         "jax": jax.__version__,
         "device": str(device.device_kind),
@@ -168,7 +174,7 @@ def main(argv=None) -> int:
                 [piece.graph], [targets], dtype=np.dtype(model_config.dtype), growth=args.growth
             )
             stacked = jax.tree.map(
-                lambda x: jnp.asarray(x)[None], train._batch_dict(graphs_tuple, padded)
+                lambda x: jnp.asarray(x)[None], train.batch_dict(graphs_tuple, padded)
             )
             config = train.TrainConfig(model=model_config)
             optimizer, _ = train.make_optimizer(config, 1000)

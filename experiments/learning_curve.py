@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hamjax.config import read_json_object
+
 
 def load_runs(folder: Path, prefix: str) -> dict[str, dict]:
     """Run name -> ``{"config", "log", "test"}`` for every config with a log."""
@@ -51,7 +53,7 @@ def load_runs(folder: Path, prefix: str) -> dict[str, dict]:
             test = json.loads(test_path.read_text())
         elif results_path.exists():
             test = json.loads(results_path.read_text()).get("metrics")
-        runs[name] = {"config": json.loads(path.read_text()), "log": log, "test": test}
+        runs[name] = {"config": read_json_object(path), "log": log, "test": test}
     if not runs:
         raise FileNotFoundError(f"{folder}: no {prefix}_*_config.json with a _log.jsonl")
     return runs

@@ -32,16 +32,19 @@ from pathlib import Path
 
 import numpy as np
 import scipy.linalg
+from tqdm.auto import tqdm
 
 from hamjax.blocks import BlockHamiltonian
+from hamjax.inference import Predictor
+from hamjax.io.dataset import load
 
 __all__ = [
     "MICRO",
     "block_error_sums",
     "evaluate_model",
-    "evaluate_records",
-    "metrics_from_sums",
     "orbital_energy_errors",
+    "prediction_metrics",
+    "prediction_metrics_from_sums",
 ]
 
 #: Hartree -> micro-Hartree.
@@ -151,8 +154,8 @@ def orbital_energy_errors(
     return out
 
 
-def metrics_from_sums(sums: dict) -> dict:
-    """Micro-Hartree metrics from accumulated sums (see :func:`evaluate_records`)."""
+def prediction_metrics_from_sums(sums: dict) -> dict:
+    """Micro-Hartree metrics from accumulated sums (see :func:`prediction_metrics`)."""
     n_node, n_edge = sums["node_count"], sums["edge_count"]
     n = n_node + n_edge
 
@@ -216,7 +219,7 @@ def _add(sums: dict, ref, pred, index: int, orbital_energies: bool) -> None:
             sums["occupied_frames"] += 1
 
 
-def evaluate_records(
+def prediction_metrics(
     references: Sequence[BlockHamiltonian],
     predictions: Sequence[BlockHamiltonian],
     *,
@@ -241,7 +244,7 @@ def evaluate_records(
     sums = _new_sums()
     for index, (ref, pred) in enumerate(zip(references, predictions, strict=True)):
         _add(sums, ref, pred, index, orbital_energies)
-    return metrics_from_sums(sums)
+    return prediction_metrics_from_sums(sums)
 
 
 def evaluate_model(
@@ -267,11 +270,8 @@ def evaluate_model(
         progress: show a tqdm bar.
 
     Returns:
-        The dictionary of :func:`evaluate_records` over all files, plus ``"files"``.
+        The dictionary of :func:`prediction_metrics` over all files, plus ``"files"``.
     """
-    from hamjax.inference import Predictor
-    from hamjax.io.dataset import load
-
     files = [Path(f) for f in files]
     if not files:
         raise ValueError("no dataset files to evaluate")
@@ -282,8 +282,6 @@ def evaluate_model(
     sums = _new_sums()
     chunks = range(0, len(files), batch_frames)
     if progress:
-        from tqdm.auto import tqdm
-
         chunks = tqdm(chunks, desc="evaluate", unit="chunk")
     for start in chunks:
         refs = [load(f) for f in files[start : start + batch_frames]]
@@ -293,6 +291,6 @@ def evaluate_model(
         ):
             ref.metadata["name"] = str(f)
             _add(sums, ref, pred, start + k, orbital_energies)
-    metrics = metrics_from_sums(sums)
+    metrics = prediction_metrics_from_sums(sums)
     metrics["files"] = len(files)
     return metrics

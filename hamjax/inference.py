@@ -21,6 +21,7 @@ was traced (one per distinct padded shape).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hamjax import batching
 from hamjax.blocks import BlockHamiltonian
+from hamjax.graph import build_graph, gather_targets, multi_image_translations
+from hamjax.io import model_folder
+from hamjax.models import HamiltonianModel
+from hamjax.partition import partition, stitch
 
 __all__ = ["Predictor", "blocks_to_record", "predict"]
 
@@ -108,8 +114,6 @@ class Predictor:
     """
 
     def __init__(self, model_config, params, *, name: str | None = None):
-        from hamjax.models import HamiltonianModel
-
         self.config = model_config
         self.model = HamiltonianModel(model_config)
         self.params = jax.device_put(params)
@@ -132,17 +136,15 @@ class Predictor:
     @classmethod
     def load(cls, model_dir: str | os.PathLike, which: str = "best") -> Predictor:
         """From a folder written by :func:`hamjax.train.train` (with the cells its training
-        set folds, for :meth:`check_cells`, where the folder records them)."""
-        import json
+        set folds, for :meth:`check_cells`, where the folder records them).
 
-        from hamjax.train import FOLDED_CELLS_FILE, load_checkpoint
-
-        config, params, _ = load_checkpoint(model_dir, which)
-        predictor = cls(config.model, params, name=str(model_dir))
-        folded = Path(model_dir) / FOLDED_CELLS_FILE
-        if folded.exists():
-            cells = json.loads(folded.read_text())["multi_image_translations_angstrom"]
-            predictor.folded_cells = [tuple(c) for c in cells]
+        Raises:
+            FileNotFoundError: not a model folder.
+            hamjax.io.model_folder.ModelFolderError: a truncated or corrupt checkpoint.
+        """
+        saved = model_folder.read_checkpoint(model_dir, which)
+        predictor = cls(saved.model, saved.params, name=str(model_dir))
+        predictor.folded_cells = model_folder.read_folded_cells(model_dir)
         return predictor
 
     def check_cells(self, structures: Iterable) -> list[int]:
@@ -160,10 +162,6 @@ class Predictor:
         Returns:
             The indices of the structures warned about.
         """
-        import warnings
-
-        from hamjax.graph import multi_image_translations
-
         if not self.folded_cells:
             return []
         shortest = sorted({c[0] for c in self.folded_cells})
@@ -191,8 +189,6 @@ class Predictor:
     # ------------------------------------------------------------------ batching
     def _run(self, jobs: Sequence[_Job], max_graphs_per_batch: int, growth: float):
         """Predicted ``(node [n_node, M, M], edge [n_edge, M, M])`` numpy blocks per job."""
-        from hamjax import batching
-
         order = sorted(range(len(jobs)), key=lambda k: (jobs[k].graph.n_edge, jobs[k].graph.n_node))
         results: list = [None] * len(jobs)
         # Batches of similar graphs: consecutive (size-sorted) graphs up to the count limit,
@@ -226,9 +222,6 @@ class Predictor:
         with_overlap: bool = True,
     ) -> list[BlockHamiltonian]:
         """Predicted Hamiltonians (Hartree) of ``structures``; see :func:`predict`."""
-        from hamjax.graph import build_graph, gather_targets
-        from hamjax.partition import partition, stitch
-
         if slices not in (None, "exact"):
             raise ValueError(f"slices={slices!r}: choose None (full graph) or 'exact'")
         structures = list(structures)

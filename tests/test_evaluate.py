@@ -12,8 +12,8 @@ from hamjax.basis import Basis
 from hamjax.blocks import BlockHamiltonian
 from hamjax.evaluate import (
     block_error_sums,
-    evaluate_records,
     orbital_energy_errors,
+    prediction_metrics,
 )
 
 # A def2-SVP-like shell layout for water: O s,s,s,p,p,d (14 orbitals), H s,s,p (5 orbitals).
@@ -63,7 +63,7 @@ def test_mae_of_known_sign_noise_is_exact():
     rng = np.random.default_rng(1)
     signs = rng.choice([-1.0, 1.0], size=h.shape)
     noise = np.where(node, 3e-6, 7e-6) * signs
-    metrics = evaluate_records([ref], [_with_dense_h(ref, h + noise)], orbital_energies=False)
+    metrics = prediction_metrics([ref], [_with_dense_h(ref, h + noise)], orbital_energies=False)
     n_node, n_all = int(node.sum()), node.size
     assert metrics["n_entries"] == n_all
     assert metrics["n_node_entries"] == n_node
@@ -98,7 +98,7 @@ def test_mae_equals_dense_numpy_over_frames_and_missing_blocks():
     assert np.any(diffs[1] == -refs[1].to_dense())  # the dropped block is a full error
     flat = np.concatenate([d.ravel() for d in diffs])
     node = np.concatenate([_node_mask(r).ravel() for r in refs])
-    metrics = evaluate_records(refs, preds, orbital_energies=False)
+    metrics = prediction_metrics(refs, preds, orbital_energies=False)
     assert metrics["n_frames"] == 2
     assert metrics["mae_uha"] == pytest.approx(1e6 * np.abs(flat).mean(), rel=1e-10)
     assert metrics["node_mae_uha"] == pytest.approx(1e6 * np.abs(flat[node]).mean(), rel=1e-10)
@@ -109,7 +109,7 @@ def test_mae_equals_dense_numpy_over_frames_and_missing_blocks():
 
 def test_perfect_prediction_has_zero_error():
     ref = _random_reference(5)
-    metrics = evaluate_records([ref], [ref])
+    metrics = prediction_metrics([ref], [ref])
     for key in ("mae_uha", "node_mae_uha", "edge_mae_uha", "orbital_energy_mae_uha"):
         assert metrics[key] == pytest.approx(0.0, abs=1e-6)
     assert metrics["occupied_similarity"] == pytest.approx(1.0, abs=1e-9)
@@ -131,7 +131,7 @@ def test_orbital_energy_errors_equal_scipy_eigh():
     assert errors["gap_error"] == pytest.approx(
         (e_pred[5] - e_pred[4]) - (e_ref[5] - e_ref[4]), abs=1e-12
     )
-    metrics = evaluate_records([ref], [pred])
+    metrics = prediction_metrics([ref], [pred])
     assert metrics["orbital_energy_mae_uha"] == pytest.approx(
         1e6 * np.abs(e_pred - e_ref).mean(), rel=1e-9
     )

@@ -67,7 +67,7 @@ def _batch(records, budget=None, dtype=np.float64):
     graphs = [build_graph(r, 4.0, basis=BASIS) for r in records]
     targets = [gather_targets(g, r, basis=BASIS) for g, r in zip(graphs, records, strict=True)]
     graphs_tuple, padded = batching.batch_graphs(graphs, targets, budget, dtype=dtype)
-    return train._batch_dict(graphs_tuple, padded)
+    return train.batch_dict(graphs_tuple, padded)
 
 
 def _fake_prediction(batch, seed):
@@ -234,7 +234,7 @@ def test_metrics_units():
         "node_count": 2.0,
         "edge_count": 2.0,
     }
-    m = train.metrics_from_sums(sums)
+    m = train.loss_and_mae_from_sums(sums)
     assert m["loss"] == pytest.approx(2.0)
     assert m["node_mae_mEh"] == pytest.approx(1.0)
     assert m["edge_mae_mEh"] == pytest.approx(3.0)
@@ -259,13 +259,18 @@ def test_config_json_round_trip_and_bad_keys(tmp_path):
     relative = train.load_config(tmp_path / "rel.json")
     assert relative.data == (str(tmp_path.resolve() / "d" / "x.npz"),)
     assert relative.validation_data == ("/v.npz",)
-    # defaults: VCM basis, paper-like settings
+    # defaults: paper-like settings; the basis is left to the training data
     default = train.default_config()
-    assert default.model.max_ell == 4 and default.model.channels == 16
-    assert default.model.cutoff == 8.0 and default.model.basis.n_orbitals(72) == 9
+    assert default.model["max_ell"] == 4 and default.model["channels"] == 16
+    assert default.model["cutoff"] == 8.0 and "basis" not in default.model
     # partial model dict merges with the defaults
     partial = train.config_from_dict({"model": {"channels": 8, "heads": 2}, "epochs": 5})
-    assert partial.model.channels == 8 and partial.model.max_ell == 4 and partial.epochs == 5
+    assert partial.model["channels"] == 8 and partial.model["max_ell"] == 4
+    assert partial.epochs == 5
+    # ... and with a basis it is a complete model
+    basis = {"name": BASIS.name, "shells": {str(z): list(ls) for z, ls in BASIS.shells}}
+    full = train.config_from_dict({"model": {"channels": 8, "heads": 2, "basis": basis}})
+    assert full.model.basis == BASIS and full.model.channels == 8 and full.model.max_ell == 4
     with pytest.raises(ValueError, match="learning_rat"):
         train.config_from_dict({"learning_rat": 1e-3})
     with pytest.raises(ValueError, match="chanels"):
@@ -276,6 +281,43 @@ def test_config_json_round_trip_and_bad_keys(tmp_path):
     bad.write_text('{"epochs": 3,\n "seed": }')
     with pytest.raises(ValueError, match=r"bad\.json: line 2"):
         train.load_config(bad)
+    # errors of a config file name the file and the key
+    bad.write_text('{"epochs": "many"}')
+    with pytest.raises(ValueError, match=r"bad\.json: key 'epochs' must be an integer"):
+        train.load_config(bad)
+    bad.write_text('{"model": {"heads": 3}}')
+    with pytest.raises(ValueError, match=r"bad\.json: key 'model' .*heads \(3\) must divide"):
+        train.load_config(bad)
+
+
+def test_model_without_basis_takes_the_basis_of_the_training_data(tiny_records):
+    """The union of the records' element shells under their common basis name: for tblite
+    GFN1-xTB references of H2O and NH3, the GFN1-xTB basis of H, N and O."""
+    config = train.config_from_dict({"model": {"max_ell": 1, "channels": 8, "heads": 1}})
+    resolved = train.with_data_basis(config, tiny_records)
+    assert resolved.model.basis == gfn1_xtb_basis(["H", "N", "O"])
+    assert resolved.model.channels == 8 and resolved.model.cutoff == 8.0
+    assert train.with_data_basis(resolved, tiny_records[:1]) is resolved  # complete already
+    water_only = train.with_data_basis(config, tiny_records[:1]).model.basis
+    assert water_only == gfn1_xtb_basis(["H", "O"])
+    other = tiny_records[0].replace(basis=dataclasses.replace(BASIS, name="other"))
+    with pytest.raises(ValueError, match="different bases.*structure 1"):
+        train.with_data_basis(config, [tiny_records[1], other])
+    with pytest.raises(ValueError, match="max_ell=1 is below"):
+        train.with_data_basis(config, [_hafnium_record()])
+
+
+def _hafnium_record():
+    """A HfO molecule with zero blocks on the GFN1-xTB basis (Hf has a d shell)."""
+    from ase import Atoms
+
+    from hamjax.inference import blocks_to_record
+
+    basis = gfn1_xtb_basis(["O", "Hf"])
+    graph = build_graph(Atoms("HfO", positions=[[0, 0, 0], [1.8, 0, 0]]), 4.0, basis=basis)
+    m = max(basis.n_orbitals(z) for z in basis.elements)
+    node, edge = np.zeros((graph.n_node, m, m)), np.zeros((graph.n_edge, m, m))
+    return blocks_to_record(graph, node, edge, basis)
 
 
 def test_print_default_config_parses_back(capsys):
@@ -320,7 +362,7 @@ def test_schedule_warmup_and_decay():
     # a constant loss never improves: the scale halves every plateau_patience updates
     assert sizes[1] == pytest.approx(1e-3, rel=1e-4)
     assert sizes[-1] == pytest.approx(1e-3 * 0.5**3, rel=1e-4)
-    assert train._plateau_scale(state) == 0.125
+    assert train.plateau_scale(state) == 0.125
 
 
 def test_stack_for_devices_groups_by_shape_and_blanks_the_rest(tiny_records):
@@ -407,7 +449,7 @@ def test_checkpoint_round_trip_gives_identical_predictions(trained, tiny_records
             lambda x: np.asarray(x)[None], train.make_batches(tiny_records[2:], config)[0]
         ),
     )
-    metrics = train.metrics_from_sums(sums)
+    metrics = train.loss_and_mae_from_sums(sums)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert metrics["total_mae_meV"] == pytest.approx(log[-1]["validation_total_mae_meV"], rel=1e-5)
 
@@ -492,7 +534,7 @@ optimizer, _ = train.make_optimizer(config, 10)
 params = jax.jit(model.init)(jax.random.key(0), jax.tree.map(lambda x: x[0], group)["graph"])
 state = train.TrainState(params, optimizer.init(params), jnp.asarray(0), jnp.zeros(2, jnp.uint32))
 step = train.make_train_step(model, config, optimizer)
-placement = train._Placement(True)
+placement = train.Placement(True)
 sharded_state, sharded_sums = step(placement.replicate(state), placement.batch(group))
 assert len(sharded_state.params["params"]["embedding"]["embedding"].sharding.device_set) == 2
 single = jax.devices()[0]

@@ -44,7 +44,7 @@ def add_arguments(parser) -> None:
 
 def expand(patterns) -> list[Path]:
     """Files named by paths or glob patterns, in order, each once."""
-    from hamjax.io.dataset import expand_paths
+    from hamjax.io.dataset import expand_paths  # deferred: not needed by --help
 
     return list(dict.fromkeys(expand_paths(patterns)))
 
@@ -64,7 +64,7 @@ def format_metrics(metrics: dict) -> str:
 
 
 def run(args) -> int:
-    from hamjax.evaluate import evaluate_model
+    from hamjax.evaluate import evaluate_model  # deferred: JAX and the model, not by --help
 
     files = expand(args.data)
     if not (Path(args.model) / "checkpoints").is_dir():

@@ -45,10 +45,10 @@ def read_structures(path: Path) -> list:
     if not path.is_file():
         raise FileNotFoundError(f"structure file {path} does not exist")
     if path.suffix == ".npz":
-        from hamjax.io import dataset
+        from hamjax.io import dataset  # deferred: not needed by --help
 
         return [dataset.load(path)]
-    import ase.io
+    import ase.io  # deferred: not needed by --help
 
     try:
         frames = ase.io.read(path, index=":")
@@ -61,6 +61,7 @@ def read_structures(path: Path) -> list:
 
 
 def run(args) -> int:
+    # deferred: JAX and the model, not needed by --help
     from hamjax.inference import Predictor
     from hamjax.io import dataset
 
@@ -82,7 +83,7 @@ def run(args) -> int:
             out = args.out.with_name(f"{args.out.stem}-{k}{args.out.suffix or '.npz'}")
         written.append(str(dataset.save(record, out)))
         if args.cp2k:
-            from hamjax.io import write_cp2k
+            from hamjax.io import write_cp2k  # deferred: only with --cp2k
 
             prefix = args.cp2k if len(records) == 1 else f"{args.cp2k}-{k}"
             written.extend(str(p) for p in write_cp2k(record, prefix))

@@ -1,10 +1,11 @@
 """Train a Hamiltonian model from a JSON config; rerun the same command to resume.
 
-The config file holds the fields of hamjax.train.TrainConfig (see its module docstring);
-missing keys take the VCM defaults, unknown keys are an error. Print the full default file
-with --print-default-config. Output folder: config.json, log.jsonl (one line per epoch) and
-checkpoints/ (latest and best, orbax). If the folder already holds checkpoints of the same
-config, training continues from the latest one.
+The config file holds the fields of hamjax.train.TrainConfig (see hamjax.train.config);
+missing keys take the defaults, unknown keys are an error naming the file and key; a model
+without a "basis" takes the basis recorded in the training data files. Print the full
+default file with --print-default-config. Output folder (--out): config.json, log.jsonl (one
+line per epoch), folded_cells.json and checkpoints/ (latest and best, orbax). If the folder
+already holds checkpoints of the same config, training continues from the latest one.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from hamjax import train
+    from hamjax import train  # deferred: JAX and the model, not needed by --help
 
     if args.print_default_config:
         print(train.format_config(train.default_config()))
