@@ -8,6 +8,7 @@ import scipy.sparse
 import scipy.sparse.csgraph
 from ase.neighborlist import neighbor_list
 
+from hamjax.constants import AVOGADRO_PER_MOL
 from hamjax.structures import (
     A_HFO2,
     A_TIN,
@@ -100,7 +101,7 @@ def test_layer_stoichiometry(fixture, request):
 
 def test_amorphous_density_and_chemistry(host):
     mask = host.arrays["region"] == "HfO2"
-    mass_g = host.get_masses()[mask].sum() / 6.02214076e23
+    mass_g = host.get_masses()[mask].sum() / AVOGADRO_PER_MOL
     volume_cm3 = np.prod(host.cell.lengths()[1:]) * SMALL.hfo2_thickness_angstrom * 1e-24
     assert mass_g / volume_cm3 == pytest.approx(SMALL.hfo2_density_g_cm3, rel=0.05)
     # Chemical order of a-HfO2: each Hf has O neighbours near 2.1 A (6-7 in the bulk; the slab

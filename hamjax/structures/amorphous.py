@@ -51,20 +51,15 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse
 import vesin
+from ase.data import atomic_masses
 from scipy.special import erfc
+
+from hamjax.constants import ACCELERATION_ANGSTROM_FS2, BOLTZMANN_EV_K, COULOMB_EV_ANGSTROM
 
 __all__ = ["HFO2_PAIR_POTENTIAL", "AmorphousSettings", "amorphous_hfo2_slab", "pair_forces"]
 
-COULOMB_EV_ANGSTROM = 14.399645478425668
-"""e^2 / (4 pi eps0) in eV Angstrom."""
-
-_ACCEL = 9.648533212331e-3
-"""1 eV / (Angstrom amu) in Angstrom / fs^2."""
-
-_KB_EV_K = 8.617333262e-5
-
 # Species index: 0 = Hf, 1 = O.
-_MASS_AMU = np.array([178.49, 15.999])
+_MASS_AMU = atomic_masses[[72, 8]]  # standard atomic weights
 _CHARGE_E = np.array([4.0, -2.0])
 
 HFO2_PAIR_POTENTIAL = {
@@ -293,7 +288,7 @@ def _fire(positions, species, force_field, bounds, steps, max_step=0.2):
             vel[:] = 0.0
             dt *= 0.5
             alpha, n_pos = 0.1, 0
-        vel = vel + dt * _ACCEL * f / masses
+        vel = vel + dt * ACCELERATION_ANGSTROM_FS2 * f / masses
         step = dt * vel
         norms = np.linalg.norm(step, axis=1, keepdims=True)
         step = np.where(norms > max_step, step * max_step / np.maximum(norms, 1e-30), step)
@@ -312,19 +307,21 @@ def _md(positions, species, force_field, bounds, settings, rng):
     if len(schedule) == 0:
         return positions
     dt, tau = 1.0, 20.0
-    vel = rng.normal(size=(n, 3)) * np.sqrt(_KB_EV_K * t_melt / masses * _ACCEL)
+    vel = rng.normal(size=(n, 3)) * np.sqrt(
+        BOLTZMANN_EV_K * t_melt / masses * ACCELERATION_ANGSTROM_FS2
+    )
 
     def forces(p):
         return force_field(p) + _wall(p, bounds)[1]
 
     f = forces(positions)
     for target in schedule:
-        vel = vel + 0.5 * dt * _ACCEL * f / masses
+        vel = vel + 0.5 * dt * ACCELERATION_ANGSTROM_FS2 * f / masses
         positions = positions + dt * vel
         f = forces(positions)
-        vel = vel + 0.5 * dt * _ACCEL * f / masses
-        kinetic = 0.5 * float(np.sum(masses * vel**2)) / _ACCEL  # eV
-        temp = 2.0 * kinetic / (3.0 * n * _KB_EV_K)
+        vel = vel + 0.5 * dt * ACCELERATION_ANGSTROM_FS2 * f / masses
+        kinetic = 0.5 * float(np.sum(masses * vel**2)) / ACCELERATION_ANGSTROM_FS2  # eV
+        temp = 2.0 * kinetic / (3.0 * n * BOLTZMANN_EV_K)
         vel *= np.sqrt(max(1.0 + dt / tau * (target / max(temp, 1e-6) - 1.0), 0.0))
     return positions
 

@@ -71,7 +71,9 @@ from dataclasses import dataclass
 import ase
 import numpy as np
 import vesin
+from ase.data import atomic_masses
 
+from hamjax.constants import AVOGADRO_PER_MOL
 from hamjax.structures.amorphous import AmorphousSettings, amorphous_hfo2_slab
 
 __all__ = [
@@ -101,8 +103,7 @@ A_TI_FCC = (4.0 * (np.sqrt(3.0) / 2.0 * A_TI_HCP**2 * C_TI_HCP / 2.0)) ** (1.0 /
 REGIONS = ("TiN_left", "HfO2", "Ti", "TiN_right")
 """Region labels, left to right along x."""
 
-_AVOGADRO = 6.02214076e23
-_MASS_HFO2_G_MOL = 178.49 + 2 * 15.999
+_MASS_HFO2_G_MOL = atomic_masses[72] + 2 * atomic_masses[8]  # standard atomic weights
 
 _VACANCY_MODES = ("none", "random", "filament", "broken")
 _OXIDES = ("amorphous", "crystalline")
@@ -397,7 +398,7 @@ def clear_oxide_cache() -> None:
 def _hfo2_amorphous(spec: DeviceSpec, lengths: np.ndarray):
     """Melt-quenched HfO2 at the spec's density; atoms within [0, thickness - a/4]."""
     area = lengths[0] * lengths[1]
-    n_fu = spec.hfo2_density_g_cm3 * area * spec.hfo2_thickness_angstrom * 1e-24 * _AVOGADRO
+    n_fu = spec.hfo2_density_g_cm3 * area * spec.hfo2_thickness_angstrom * 1e-24 * AVOGADRO_PER_MOL
     n_fu = max(int(round(n_fu / _MASS_HFO2_G_MOL)), 1)
     width = spec.hfo2_thickness_angstrom - A_HFO2 / 4.0
     positions, symbols = _amorphous_cached(
@@ -617,7 +618,7 @@ def build_device(spec: DeviceSpec | None = None) -> ase.Atoms:
     keep[o_index[chosen]] = False
     atoms = atoms[keep]
 
-    ox_mass = np.sum(atoms.get_masses()[atoms.arrays["region"] == "HfO2"]) / _AVOGADRO  # g
+    ox_mass = np.sum(atoms.get_masses()[atoms.arrays["region"] == "HfO2"]) / AVOGADRO_PER_MOL  # g
     ox_volume = lengths[0] * lengths[1] * ox_thickness * 1e-24  # cm^3
     atoms.info.update(
         {
