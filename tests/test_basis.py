@@ -157,7 +157,6 @@ def _tblite(numbers, positions):
 
 @pytest.mark.parametrize("improper", [False, True])
 def test_tblite_convention_by_rotation(improper):
-    pytest.importorskip("tblite")
     # a distorted Ti complex: Ti and Cl carry d shells (Ti: d,s,p; Cl: s,p,d), O and H too
     numbers = np.array([22, 17, 17, 17, 8, 1])
     positions = np.array(
@@ -191,7 +190,6 @@ def test_tblite_convention_by_rotation(improper):
 
 @pytest.mark.parametrize("method", ["GFN1-xTB", "GFN2-xTB"])
 def test_tblite_tables_match_tblite_for_every_element(method):
-    pytest.importorskip("tblite")
     from tblite.interface import Calculator
 
     # every element GFN1-xTB covers, one atom each, far apart (only the setup runs)
@@ -224,7 +222,6 @@ def _pyscf_fock(symbols, positions, basis="def2-svp"):
 
 
 def test_pyscf_convention_by_improper_rotation():
-    pytest.importorskip("pyscf")
     symbols = ["O", "H", "H"]
     positions = np.array([[0.0, 0.0, 0.0], [0.96, 0.1, 0.05], [-0.3, 0.9, 0.2]])
     R = Rotation.random(random_state=5).as_matrix() @ REFLECT_X
@@ -245,7 +242,6 @@ def test_pyscf_convention_by_improper_rotation():
 
 def test_pyscf_order_and_signs_from_basis_function_values():
     """PySCF's spherical functions on a grid are radial(r) x hamjax harmonics, l = 1..4."""
-    pytest.importorskip("pyscf")
     import e3nn_jax as e3nn
     from pyscf import gto
 

@@ -7,6 +7,7 @@ and occupations), PySCF's own ``mo_energy``, the Fermi-Dirac formula, and the fi
 import json
 import sys
 
+import ase.io
 import numpy as np
 import pytest
 import scipy.linalg
@@ -14,6 +15,7 @@ from ase import Atoms
 from ase.build import bulk, molecule
 
 from hamjax.constants import BOHR_ANGSTROM
+from hamjax.io.dataset import load
 from hamjax.reference import (
     MissingEngineError,
     SCFConvergenceError,
@@ -222,7 +224,6 @@ def test_bad_settings_are_named():
 
 # ----------------------------------------------------------------------------- PySCF
 def test_pyscf_water_eigenvalues_equal_mo_energy():
-    pytest.importorskip("pyscf")
     from hamjax.reference.pyscf import run_pyscf
 
     atoms = molecule("H2O")
@@ -243,7 +244,6 @@ def test_pyscf_missing_names_the_extra(monkeypatch):
 
 
 def test_pyscf_rejects_periodic():
-    pytest.importorskip("pyscf")
     with pytest.raises(ValueError, match="finite structures only"):
         compute_reference(_tin_cell(), "pyscf")
 
@@ -255,9 +255,6 @@ def test_optimised_blas_preload_gives_the_same_result(tmp_path):
 
     if find_openblas() is None:
         pytest.skip("no optimised BLAS: no system OpenBLAS and no mkl wheel")
-    pytest.importorskip("hamjax.io.dataset")
-    from hamjax.io.dataset import load
-
     atoms = _tin_cell()
     settings = {"electronic_temperature_hartree": 0.01, "mixer_damping": 0.4}
     runs = {}
@@ -282,11 +279,6 @@ def _generate(*argv):
 
 
 def test_generate_is_resumable(tmp_path):
-    pytest.importorskip("hamjax.io.dataset")
-    import ase.io
-
-    from hamjax.io.dataset import load
-
     frames = [molecule("H2O"), molecule("NH3")]
     structures = tmp_path / "mols.extxyz"
     ase.io.write(structures, frames)
@@ -331,9 +323,6 @@ def test_generate_bad_config_names_the_key(tmp_path, capsys):
 
 
 def test_generate_records_a_failed_scf_and_writes_no_file(tmp_path):
-    pytest.importorskip("hamjax.io.dataset")
-    import ase.io
-
     structures = tmp_path / "water.xyz"
     ase.io.write(structures, molecule("H2O"))
     out = tmp_path / "out"
