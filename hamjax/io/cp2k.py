@@ -35,6 +35,7 @@ import scipy.sparse
 from hamjax.basis import Basis, from_hamjax_order, to_hamjax_order
 from hamjax.blocks import BlockHamiltonian
 from hamjax.io.cp2k_log import Cp2kLog, parse_cp2k_log
+from hamjax.io.files import read_structures
 
 __all__ = [
     "Cp2kLog",
@@ -52,10 +53,10 @@ _BINARY_DTYPE = np.dtype(
 
 # ------------------------------------------------------------------------------ CSR files
 def _is_binary(path: Path) -> bool:
+    """A file that starts with CP2K's record marker (int32 16) is binary (text has no NUL)."""
     with open(path, "rb") as handle:
         head = handle.read(4)
-    size = path.stat().st_size
-    return len(head) == 4 and np.frombuffer(head, "<i4")[0] == 16 and size % 24 == 0
+    return len(head) == 4 and np.frombuffer(head, "<i4")[0] == 16
 
 
 def _read_entries(path: Path, binary: bool | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -68,7 +69,8 @@ def _read_entries(path: Path, binary: bool | None) -> tuple[np.ndarray, np.ndarr
         size = path.stat().st_size
         if size % _BINARY_DTYPE.itemsize:
             raise ValueError(
-                f"{path}: {size} bytes is not a whole number of 24-byte CP2K binary CSR records"
+                f"{path}: {size} bytes is not a whole number of 24-byte CP2K binary CSR records "
+                "(a truncated file?)"
             )
         records = np.fromfile(path, dtype=_BINARY_DTYPE)
         bad = np.nonzero((records["head"] != 16) | (records["tail"] != 16))[0]
@@ -80,7 +82,12 @@ def _read_entries(path: Path, binary: bool | None) -> tuple[np.ndarray, np.ndarr
                 "(not a CP2K binary CSR file)"
             )
         return records["row"].astype(np.int64), records["col"].astype(np.int64), records["value"]
-    text = path.read_text(errors="replace")
+    raw = path.read_bytes()
+    text = raw.decode("utf-8", errors="replace")
+    if b"\x00" in raw or "\ufffd" in text:
+        raise ValueError(
+            f"{path}: not a CP2K CSR file (binary content that is not CP2K's binary records)"
+        )
     table = None
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # numpy warns when it stops before the end
@@ -89,6 +96,13 @@ def _read_entries(path: Path, binary: bool | None) -> tuple[np.ndarray, np.ndarr
         except (ValueError, DeprecationWarning):
             table = None
     n_lines = text.count("\n") + (0 if text.endswith("\n") or not text else 1)
+    if text and not text.endswith("\n"):
+        *_, before, last = ["", *text.split("\n")]
+        if len(last) < len(before):
+            raise ValueError(
+                f"{path}:{n_lines}: the last line is cut short ({last.strip()!r}): a truncated "
+                "file?"
+            )
     if table is None or table.size != 3 * n_lines:
         # blank lines, a wrong column count or a bad number: find the line, or accept blanks
         _diagnose_text(path, text)
@@ -117,7 +131,8 @@ def _diagnose_text(path: Path, text: str) -> None:
             try:
                 float(word)
             except ValueError:
-                raise ValueError(f"{path}:{number}: non-numeric entry {word!r}") from None
+                shown = word if len(word) <= 40 else word[:40] + "..."
+                raise ValueError(f"{path}:{number}: non-numeric entry {shown!r}") from None
 
 
 def _line_of_record(text: str, record: int) -> int:
@@ -136,6 +151,7 @@ def read_csr(
     *,
     binary: bool | None = None,
     upper_triangular: bool | None = None,
+    require_diagonal: bool = False,
 ) -> scipy.sparse.csr_matrix:
     """One CP2K CSR file as a ``[n_orbitals, n_orbitals]`` sparse matrix in CP2K order.
 
@@ -145,6 +161,9 @@ def read_csr(
         upper_triangular: mirror ``row < col`` into the lower triangle. None: mirror when the
             file holds no entry below the diagonal (a symmetric matrix written in full
             always has some).
+        require_diagonal: every diagonal element must be stored, as in the home-cell (or
+            Gamma) matrix of a CP2K run, which stores every on-site block: a file cut short
+            after a whole line or record lacks the last ones.
     """
     path = Path(path)
     if not path.exists():
@@ -152,6 +171,16 @@ def read_csr(
     binary = _is_binary(path) if binary is None else binary
     rows, cols, values = _read_entries(path, binary)
     _check_range(path, rows, cols, n_orbitals, binary)
+    if require_diagonal:
+        stored = np.zeros(n_orbitals + 1, dtype=bool)
+        stored[rows[rows == cols]] = True
+        missing = np.flatnonzero(~stored[1:])
+        if len(missing):
+            raise ValueError(
+                f"{path}: no diagonal element for orbitals {missing[0] + 1}..{missing[-1] + 1} "
+                f"of {n_orbitals} ({len(missing)} missing); a CP2K home-cell matrix stores every "
+                "on-site block (a truncated file?)"
+            )
     rows, cols = rows - 1, cols - 1
     if upper_triangular is None:
         upper_triangular = not np.any(rows > cols)
@@ -277,7 +306,8 @@ def _read_set(
         shift = _image_of(Path(path), table)
         if shift in raw:
             raise ValueError(f"{path}: image {shift} given twice")
-        raw[shift] = read_csr(path, n, binary=binary, upper_triangular=False)
+        home = shift == (0, 0, 0)
+        raw[shift] = read_csr(path, n, binary=binary, upper_triangular=False, require_diagonal=home)
     if upper_triangular is None:
         upper_triangular = all(scipy.sparse.tril(m, k=-1).nnz == 0 for m in raw.values()) and any(
             m.nnz for m in raw.values()
@@ -314,9 +344,9 @@ def read_cp2k(
     """Read a CP2K run's KS (and S) matrices into a block record in hamjax order.
 
     Args:
-        log: the CP2K output log (shells per kind, atoms, cell, Fermi energy, image table).
-            May be None when ``basis``, ``structure`` and (for REAL_SPACE) ``images`` are
-            given.
+        log: the CP2K output log (shells per kind, atoms, cell, Fermi energy, image table) of
+            a finished run (a log without CP2K's closing banner is an error). May be None when
+            ``basis``, ``structure`` and (for REAL_SPACE) ``images`` are given.
         ks: KS CSR file, or the list of REAL_SPACE image files; default from the project name
             in the log (``PROJECT-KS_SPIN_1-1_0.csr`` or ``..._R_<n>-1_0.csr``).
         overlap: S CSR file(s) likewise; default from the log when such files exist.
@@ -333,10 +363,10 @@ def read_cp2k(
         Fermi level (Hartree) from the log and metadata (source, version, files, units).
     """
     parsed = parse_cp2k_log(log) if log is not None else None
+    if parsed is not None:
+        parsed.check_complete()
     if structure is not None:
-        import ase.io
-
-        atoms = ase.io.read(structure)
+        atoms = read_structures(structure, index=-1)[0]
         numbers, positions = atoms.numbers, atoms.positions
         cell, pbc = atoms.cell.array, atoms.pbc
         if parsed is not None and parsed.symbols:

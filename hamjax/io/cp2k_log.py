@@ -46,6 +46,9 @@ class Cp2kLog:
         pbc: ``[3]`` bool from ``CELL| Periodicity``.
         fermi_level: last ``Fermi energy:`` in Hartree, or None.
         images: ``{"KS": {n: (X, Y, Z)}, "S": {...}}`` for REAL_SPACE runs.
+        kind_atoms: kind name -> number of atoms the kind's section states.
+        ended: whether the log holds CP2K's closing ``PROGRAM ENDED AT`` banner (a log cut
+            short, or of a run that did not finish, does not).
     """
 
     path: Path
@@ -62,6 +65,8 @@ class Cp2kLog:
     pbc: np.ndarray | None = None
     fermi_level: float | None = None
     images: dict[str, dict[int, tuple[int, int, int]]] = field(default_factory=dict)
+    kind_atoms: dict[str, int] = field(default_factory=dict)
+    ended: bool = False
 
     @property
     def numbers(self) -> np.ndarray:
@@ -86,6 +91,23 @@ class Cp2kLog:
             shells[z] = ls
             names.add(self.kind_basis.get(kind, "unknown"))
         return Basis.from_dict("cp2k:" + "+".join(sorted(names)), shells)
+
+    def check_complete(self) -> None:
+        """Raise ValueError naming the log if it is not the whole log of a finished run: no
+        closing banner, no coordinates, or fewer coordinates than its kinds state."""
+        if not self.ended:
+            raise ValueError(
+                f"{self.path}: no 'PROGRAM ENDED AT' banner: not the log of a finished CP2K "
+                "run (cut short, or the run stopped early)"
+            )
+        if not self.symbols:
+            raise ValueError(f"{self.path}: no atomic coordinates in the CP2K log")
+        stated = sum(self.kind_atoms.values())
+        if self.kind_atoms and stated != len(self.symbols):
+            raise ValueError(
+                f"{self.path}: the coordinate table lists {len(self.symbols)} atoms but the "
+                f"atomic kinds state {stated} (a damaged log?)"
+            )
 
     def orbital_counts(self) -> np.ndarray:
         """Orbitals per atom from the log, ``[n_atoms]``."""
@@ -120,6 +142,7 @@ def parse_cp2k_log(path: str | os.PathLike) -> Cp2kLog:
         elif match := _KIND_RE.match(line):
             kind = match.group(1)
             kind_order.append(kind)
+            log.kind_atoms[kind] = int(match.group(2))
             log.kinds[kind] = re.sub(r"[^A-Za-z].*$", "", kind) or kind
             seen_shells[kind] = []
             in_orbitals = False
@@ -153,6 +176,8 @@ def parse_cp2k_log(path: str | os.PathLike) -> Cp2kLog:
             )
         elif "Fermi energy:" in line:
             log.fermi_level = float(line.split()[-1])
+        elif "PROGRAM ENDED AT" in line:
+            log.ended = True
         elif match := _IMAGES_RE.match(line):
             label, count = match.group(1), int(match.group(2))
             index = _parse_images(lines, index, count, label, log)

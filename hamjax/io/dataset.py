@@ -56,6 +56,7 @@ import numpy as np
 
 from hamjax.basis import Basis
 from hamjax.blocks import BlockHamiltonian
+from hamjax.io.files import read_npz
 
 __all__ = ["FORMAT", "VERSION", "expand_paths", "load", "save"]
 
@@ -183,27 +184,25 @@ def load(path: str | os.PathLike) -> BlockHamiltonian:
         FileNotFoundError: no such file.
         ValueError: not a hamjax dataset file, a newer layout version, a missing key or
             inconsistent arrays; the message names the file.
+            :class:`~hamjax.io.files.UnreadableFileError` (a ValueError): not a readable npz
+            archive at all (truncated, damaged, another format).
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"dataset file {path} not found")
+    data = read_npz(path, what="npz file")
+    keys = set(data)
+    if "format" not in keys or str(data["format"]) != FORMAT:
+        raise ValueError(f"{path}: not a hamjax dataset file (no format={FORMAT!r} entry)")
     try:
-        archive = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise ValueError(f"{path}: not a readable npz file ({err})") from None
-    with archive as f:
-        keys = set(f.files)
-        if "format" not in keys or str(f["format"]) != FORMAT:
-            raise ValueError(f"{path}: not a hamjax dataset file (no format={FORMAT!r} entry)")
-        version = int(f["version"]) if "version" in keys else None
-        if version != VERSION:
-            raise ValueError(
-                f"{path}: dataset layout version {version}; this hamjax reads version {VERSION}"
-            )
-        missing = [key for key in _REQUIRED if key not in keys]
-        if missing:
-            raise ValueError(f"{path}: missing key(s) {missing} (a truncated or foreign file?)")
-        data = {key: f[key] for key in keys}
+        version = int(data["version"]) if "version" in keys else None
+    except (TypeError, ValueError):
+        version = None
+    if version != VERSION:
+        raise ValueError(
+            f"{path}: dataset layout version {version}; this hamjax reads version {VERSION}"
+        )
+    missing = [key for key in _REQUIRED if key not in keys]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {missing} (a truncated or foreign file?)")
     try:
         basis_info = json.loads(str(data["basis"]))
         basis = Basis.from_dict(
@@ -212,8 +211,8 @@ def load(path: str | os.PathLike) -> BlockHamiltonian:
         metadata = json.loads(str(data["metadata"]))
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path}: malformed basis or metadata JSON: {err}") from None
-    fermi = float(data["fermi_level"])
     try:
+        fermi = float(data["fermi_level"])
         record = BlockHamiltonian(
             numbers=data["numbers"].astype(int),
             positions=data["positions"],
@@ -230,7 +229,7 @@ def load(path: str | os.PathLike) -> BlockHamiltonian:
         consistent = np.array_equal(record.orbital_offsets, data["orbital_offsets"]) and (
             np.array_equal(record.block_offsets, data["block_offsets"])
         )
-    except ValueError as err:
+    except (ValueError, TypeError, IndexError) as err:
         raise ValueError(f"{path}: inconsistent arrays: {err}") from None
     if not consistent:
         raise ValueError(f"{path}: orbital or block offsets disagree with the stored basis")

@@ -10,6 +10,8 @@ import ase
 import ase.io
 import numpy as np
 
+from hamjax.io.files import UnreadableFileError, read_structures
+
 __all__ = ["plot_device", "read_device_extxyz", "write_device_extxyz"]
 
 _COLOURS = {"Ti": "#8c8c8c", "N": "#3050f8", "Hf": "#1f9e89", "O": "#ff9f1c"}
@@ -122,14 +124,25 @@ def write_device_extxyz(atoms: ase.Atoms, path: str | os.PathLike) -> Path:
 
 
 def read_device_extxyz(path: str | os.PathLike) -> ase.Atoms:
-    """Read a file written by :func:`write_device_extxyz`, restoring the device records."""
-    atoms = ase.io.read(path, format="extxyz")
+    """Read a file written by :func:`write_device_extxyz`, restoring the device records.
+
+    Raises:
+        FileNotFoundError: no such file.
+        UnreadableFileError: (a ValueError naming the file) not readable as extxyz, or a
+            device record in its comment line is not valid JSON.
+    """
+    atoms = read_structures(path, index=-1, format="extxyz")[0]
     info = atoms.info
-    if "vacancies" in info:
-        info["vacancies"] = np.array(json.loads(info["vacancies"]), float).reshape(-1, 3)
-    if "vacancy_region" in info:
-        info["vacancy_region"] = np.array(json.loads(info["vacancy_region"]), "<U10")
-    for key in _JSON_INFO:
-        if isinstance(info.get(key), str):
-            info[key] = json.loads(info[key])
+    try:
+        if "vacancies" in info:
+            info["vacancies"] = np.array(json.loads(info["vacancies"]), float).reshape(-1, 3)
+        if "vacancy_region" in info:
+            info["vacancy_region"] = np.array(json.loads(info["vacancy_region"]), "<U10")
+        for key in _JSON_INFO:
+            if isinstance(info.get(key), str):
+                info[key] = json.loads(info[key])
+    except (ValueError, TypeError) as err:
+        raise UnreadableFileError(
+            path, f"a malformed device record in the comment line: {err}"
+        ) from None
     return atoms
