@@ -229,10 +229,10 @@ def _with_onsite_bias(state: TrainState, model_config, batches: Sequence[Mapping
     return dataclasses.replace(state, params=params)
 
 
-def _with_parameters_from(state: TrainState, config: TrainConfig) -> TrainState:
-    """``state`` with the best parameters of the model folder ``config.init_from``."""
+def _starting_parameters(config: TrainConfig):
+    """The best parameters of the model folder ``config.init_from``, cast to this run's dtype;
+    raises naming the fields where its model differs from this run's (the dtype may)."""
     saved, params, _ = load_checkpoint(config.init_from, "best")
-    dtype = config.model.dtype
     differ = [
         f"{f.name}: {getattr(saved.model, f.name)!r} there, {getattr(config.model, f.name)!r} here"
         for f in dataclasses.fields(config.model)
@@ -242,9 +242,13 @@ def _with_parameters_from(state: TrainState, config: TrainConfig) -> TrainState:
         raise ValueError(
             f"init_from {config.init_from}: its model differs from this run's ({'; '.join(differ)})"
         )
-    params = cast_floats(jax.tree.map(jnp.asarray, params), jnp.dtype(dtype))
+    return cast_floats(jax.tree.map(jnp.asarray, params), jnp.dtype(config.model.dtype))
+
+
+def _with_parameters(state: TrainState, params, source: str) -> TrainState:
+    """``state`` with ``params`` (of the model folder ``source``) in place of its own."""
     if jax.tree.structure(params) != jax.tree.structure(state.params):
-        raise ValueError(f"init_from {config.init_from}: its parameters do not fit this model")
+        raise ValueError(f"init_from {source}: its parameters do not fit this model")
     return dataclasses.replace(state, params=params)
 
 
@@ -312,9 +316,11 @@ def train(
             rng=jax.random.key_data(key),
         )
 
+    # a model folder to start from is checked before anything is compiled
+    start_params = _starting_parameters(config) if config.init_from and meta is None else None
     state = init(init_key, key, train_batches[0]["graph"])
-    if config.init_from and meta is None:
-        state = _with_parameters_from(state, config)
+    if start_params is not None:
+        state = _with_parameters(state, start_params, config.init_from)
         if echo:
             echo(f"starting from the best parameters of {config.init_from}")
     elif config.onsite_bias_from_data and meta is None:
