@@ -50,7 +50,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
+import scipy.sparse
 from ase.data import atomic_numbers, chemical_symbols
+from scipy.spatial.transform import Rotation
 
 __all__ = [
     "Basis",
@@ -276,8 +279,6 @@ def from_hamjax_order(matrix, basis: Basis, numbers: Iterable[int], source: str)
 
 
 def _apply(matrix, perm, signs):
-    import scipy.sparse
-
     n = len(perm)
     if scipy.sparse.issparse(matrix):
         if matrix.shape != (n, n):
@@ -303,7 +304,7 @@ _YZX = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])  # (x,y,z) 
 
 @functools.lru_cache(maxsize=16)
 def _generators(l: int) -> np.ndarray:
-    import e3nn_jax as e3nn
+    import e3nn_jax as e3nn  # imports jax, which the rest of this module does not need
 
     return np.asarray(e3nn.generators(l), dtype=float)  # [3, 2l+1, 2l+1], numpy
 
@@ -330,9 +331,6 @@ def wigner_matrix(l: int, R) -> np.ndarray:
            [ 0.,  1.,  0.],
            [-1.,  0.,  0.]])
     """
-    import scipy.linalg
-    from scipy.spatial.transform import Rotation
-
     R, det = _check_rotation(R)
     if l == 0:
         return np.ones((1, 1))
@@ -451,7 +449,7 @@ def pyscf_basis(name: str, elements: Iterable[int | str]) -> Basis:
     install hint when PySCF is missing and ValueError for an element the basis lacks.
     """
     try:
-        from pyscf import gto
+        from pyscf import gto  # optional (extra ``dft``) and slow to import
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError("pyscf_basis needs PySCF: pip install 'hamjax[dft]'") from err
     shells = {}
@@ -470,7 +468,7 @@ def pyscf_basis(name: str, elements: Iterable[int | str]) -> Basis:
 
 def _default_cp2k_basis_file() -> str | None:
     try:
-        import pyscf
+        import pyscf  # optional: only its copy of the basis file is wanted
     except ImportError:
         return None
     path = os.path.join(os.path.dirname(pyscf.__file__), "pbc", "gto", "basis", "BASIS_MOLOPT")
@@ -496,7 +494,7 @@ def cp2k_basis(
             raise FileNotFoundError("no CP2K basis file given and none found (pass path=)")
     wanted = {element_number(e) for e in elements}
     found: dict[int, tuple[int, ...]] = {}
-    with open(path) as handle:
+    with open(path, errors="replace") as handle:  # bytes that are no text match nothing
         lines = handle.readlines()
     index = 0
     while index < len(lines):

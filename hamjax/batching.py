@@ -31,6 +31,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import jax
 import jraph
 import numpy as np
 
@@ -259,8 +260,6 @@ def pack(sizes: Iterable[tuple[int, int]], budget: Budget) -> list[list[int]]:
 
 def shape_signature(tree) -> tuple:
     """Shapes and dtypes of every leaf of a pytree (what decides a jit cache hit)."""
-    import jax
-
     leaves, treedef = jax.tree.flatten(tree)
     return (str(treedef),) + tuple((np.shape(x), np.asarray(x).dtype.str) for x in leaves)
 

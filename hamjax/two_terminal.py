@@ -33,9 +33,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.optimize import linear_sum_assignment
 
 from hamjax.blocks import BlockHamiltonian
 from hamjax.constants import HARTREE_EV
+from hamjax.transport import Lead
 
 __all__ = [
     "TwoTerminal",
@@ -123,8 +125,6 @@ def default_leads(hamiltonian, overlap, layers):
         hamiltonian, overlap: ``[n, n]`` dense or ``scipy.sparse`` (eV), e.g. ``H(k)``.
         layers: principal-layer sizes in orbitals.
     """
-    from hamjax.transport import Lead
-
     edges = np.concatenate([[0], np.cumsum(layers)])
 
     def block(matrix, a, b):
@@ -245,8 +245,6 @@ def match_translated(
         ValueError: different atom counts, or an atom without a partner within
             ``tolerance`` (the electrode is not periodic over this lead cell).
     """
-    from scipy.optimize import linear_sum_assignment
-
     if len(reference) != len(candidates):
         raise ValueError(
             f"the two lead cells hold {len(reference)} and {len(candidates)} atoms: the "

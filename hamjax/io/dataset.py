@@ -47,6 +47,7 @@ whole structures.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -70,8 +71,6 @@ def expand_paths(patterns) -> list[Path]:
     Raises:
         FileNotFoundError: a pattern that matches nothing, or a path that is not a file.
     """
-    import glob
-
     paths: list[Path] = []
     for pattern in patterns:
         pattern = str(pattern)

@@ -117,7 +117,7 @@ def edge_frames(vectors: jax.Array, lmax: int) -> EdgeFrames:
 
 @functools.lru_cache(maxsize=16)
 def _jd(l: int) -> np.ndarray:
-    from e3nn_jax._src.irreps import Jd
+    from e3nn_jax._src.irreps import Jd  # not exported by e3nn: fails only where used
 
     return np.asarray(Jd[l], dtype=np.float64)
 

@@ -33,7 +33,7 @@ def plot_device(atoms: ase.Atoms, path: str | os.PathLike, *, title: str | None 
     Returns:
         The path written.
     """
-    import matplotlib
+    import matplotlib  # slow to import, and only the pictures need it
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
