@@ -44,7 +44,7 @@ def lead_channels_per_k(images, kgrid, fermi_level_ev: float) -> list[dict]:
     "lead_overlap_min_eigenvalue"}, ...]``."""
     from hamjax.transport.kpoints import bloch_matrix, time_reversal_reduce
     from hamjax.two_terminal import default_leads
-    from hamjax.vcm import _channels
+    from hamjax.vcm import lead_channels
 
     kpoints, weights = time_reversal_reduce(kgrid)
     rows = []
@@ -57,8 +57,8 @@ def lead_channels_per_k(images, kgrid, fermi_level_ev: float) -> list[dict]:
             {
                 "k": [float(x) for x in k],
                 "weight": float(w),
-                "left": float(np.round(_channels(left, at)[0], 3)),
-                "right": float(np.round(_channels(right, at)[0], 3)),
+                "left": float(np.round(lead_channels(left, at)[0], 3)),
+                "right": float(np.round(lead_channels(right, at)[0], 3)),
                 # the channel count needs a positive definite Bloch overlap of the lead
                 "lead_overlap_min_eigenvalue": min(
                     lead_overlap_min_eigenvalue(lead) for lead in (left, right)
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
         if not record.image_resolved:
             parser.error(f"{path}: a Gamma-folded reference has no images for k-points")
         device = vcm.transport_device(record, config)
-        fermi_ev = vcm._electrodes(record, device, config)["fermi_level"] * HARTREE_EV
+        fermi_ev = vcm.electrode_side(record, device, config)["fermi_level"] * HARTREE_EV
         images = open_device_images(
             record, cutoff=config.transport_cutoff_angstrom, lead_width=config.lead_cells * A_TIN
         )

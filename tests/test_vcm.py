@@ -422,14 +422,14 @@ def test_alignment_removes_a_constant_potential_exactly():
 
 
 def test_references_at_another_electronic_temperature_are_refused():
-    from hamjax.vcm import _check_temperatures
+    from hamjax.vcm import check_temperatures
 
     same = _reference()
     same = same.replace(metadata={**same.metadata, "electronic_temperature_hartree": 0.06})
     hot = same.replace(metadata={**same.metadata, "electronic_temperature_hartree": 0.12})
-    _check_temperatures({"train-1": same, "Broken 1": same}, 0.06)
+    check_temperatures({"train-1": same, "Broken 1": same}, 0.06)
     with pytest.raises(ValueError, match=r"Broken 2: 0\.12 Ha"):
-        _check_temperatures({"train-1": same, "Broken 2": hot}, 0.06)
+        check_temperatures({"train-1": same, "Broken 2": hot}, 0.06)
 
 
 def test_region_shares_split_the_sum_over_the_stack():

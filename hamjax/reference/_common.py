@@ -1,4 +1,8 @@
-"""Pieces shared by the reference engines: errors, Fermi level, dense -> block record."""
+"""Pieces shared by the reference engines: errors, dense -> block record.
+
+The Fermi level of orbital energies and occupations lives in :mod:`hamjax.occupations`
+(:func:`~hamjax.occupations.fermi_level_from_orbitals`, re-exported here).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import numpy as np
 
 from hamjax.basis import Basis
 from hamjax.blocks import BlockHamiltonian
-from hamjax.occupations import filling_level
+from hamjax.occupations import fermi_level_from_orbitals
 
 __all__ = [
     "SCFConvergenceError",
@@ -40,58 +44,6 @@ def describe_structure(atoms, name: str | None = None) -> str:
     label = f"{name!r} " if name else ""
     pbc = ", ".join("T" if p else "F" for p in atoms.pbc)
     return f"{label}{atoms.get_chemical_formula()} ({len(atoms)} atoms, pbc=[{pbc}])"
-
-
-def fermi_level_from_orbitals(
-    energies_hartree: np.ndarray,
-    occupations: np.ndarray,
-    temperature_hartree: float,
-    *,
-    max_occupation: float = 2.0,
-    gap_in_kt: float = 40.0,
-) -> dict:
-    """Fermi level (or mid-gap) from orbital energies and occupations.
-
-    The electron count ``N = sum(occupations)`` is matched by Fermi-Dirac occupations
-    ``max_occupation / (1 + exp((e - mu) / kT))`` at the given electronic temperature,
-    solved by bisection. When the gap between the highest (more than half) occupied and the
-    lowest (less than half) occupied orbital exceeds ``gap_in_kt * kT`` the chemical
-    potential is not defined by the occupations to working precision, so the mid-gap is
-    returned instead.
-
-    Args:
-        energies_hartree: ``[n_orb]`` orbital energies (Hartree).
-        occupations: ``[n_orb]`` occupations (electrons per orbital, spin summed).
-        temperature_hartree: electronic temperature kT in Hartree (0 for integer filling).
-
-    Returns:
-        dict with ``fermi_level`` (Hartree), ``homo``, ``lumo``, ``gap`` (Hartree; lumo/gap
-        None when every orbital is filled), ``method`` ("fermi-dirac" or "mid-gap") and
-        ``n_electrons``.
-    """
-    e = np.asarray(energies_hartree, dtype=float)
-    occ = np.asarray(occupations, dtype=float)
-    order = np.argsort(e)
-    e, occ = e[order], occ[order]
-    n_el = float(occ.sum())
-    half = 0.5 * max_occupation
-    filled = occ > half
-    homo = float(e[filled].max()) if filled.any() else None
-    empty = ~filled
-    lumo = float(e[empty].min()) if empty.any() else None
-    gap = None if homo is None or lumo is None else lumo - homo
-    out = {"homo": homo, "lumo": lumo, "gap": gap, "n_electrons": n_el}
-    kt = float(temperature_hartree)
-    if gap is not None and (kt <= 0.0 or gap > gap_in_kt * kt):
-        out.update(fermi_level=0.5 * (homo + lumo), method="mid-gap")
-        return out
-    if kt <= 0.0:
-        out.update(fermi_level=homo if homo is not None else float(e[0]), method="mid-gap")
-        return out
-
-    mu = filling_level(e, 0.5 * max_occupation, n_el, kt)
-    out.update(fermi_level=mu, method="fermi-dirac")
-    return out
 
 
 def _atom_pair_max(matrix: np.ndarray, offsets: np.ndarray) -> np.ndarray:

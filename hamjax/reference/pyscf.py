@@ -20,12 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from hamjax.blocks import BlockHamiltonian
+from hamjax.occupations import fermi_level_from_orbitals
 from hamjax.reference._common import (
     MissingEngineError,
     SCFConvergenceError,
     dense_to_record,
     describe_structure,
-    fermi_level_from_orbitals,
 )
 from hamjax.reference._conventions import pyscf_conversion
 

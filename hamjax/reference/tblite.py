@@ -64,11 +64,11 @@ import numpy as np
 
 from hamjax.blocks import BlockHamiltonian
 from hamjax.constants import BOHR_ANGSTROM
+from hamjax.occupations import fermi_level_from_orbitals
 from hamjax.reference._common import (
     SCFConvergenceError,
     dense_to_record,
     describe_structure,
-    fermi_level_from_orbitals,
 )
 from hamjax.reference._conventions import tblite_conversion
 from hamjax.reference.blas import active_openblas

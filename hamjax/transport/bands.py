@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from hamjax.constants import BOLTZMANN_EV_K
-from hamjax.occupations import filling_level
+from hamjax.occupations import band_fermi_level
 
 __all__ = ["lead_bands", "lead_fermi_level"]
 
@@ -65,7 +65,8 @@ def lead_fermi_level(
     """Fermi level (eV) of a lead holding ``electrons_per_cell`` (spin-degenerate bands).
 
     Solves ``(2 / n_k) sum_{n,k} f((E_n(k) - mu) / kT) = electrons_per_cell`` by bisection,
-    with Fermi-Dirac ``f`` at ``temperature`` (kelvin; 0 fills the lowest states).
+    with Fermi-Dirac ``f`` at ``temperature`` (kelvin; 0 fills the lowest states): the
+    filling of :func:`hamjax.occupations.band_fermi_level` on the bands of :func:`lead_bands`.
 
     >>> import numpy as np
     >>> from hamjax.transport import Lead
@@ -73,20 +74,5 @@ def lead_fermi_level(
     >>> round(lead_fermi_level(chain, 1.0, temperature=0.0), 6)  # half filling: band centre
     0.0
     """
-    bands = lead_bands(lead, n_k).ravel()
-    capacity = 2.0 * bands.size / n_k
-    if not 0.0 <= electrons_per_cell <= capacity:
-        raise ValueError(
-            f"electrons_per_cell = {electrons_per_cell} does not fit the lead's "
-            f"{bands.size // n_k} bands (0 to {capacity:g} electrons per cell)"
-        )
     kt = BOLTZMANN_EV_K * float(temperature)
-    if kt <= 0.0:
-        levels = np.sort(bands)
-        full = int(np.floor(electrons_per_cell * n_k / 2.0))  # states to fill over all k
-        if full == 0:
-            return float(levels[0])
-        if full >= levels.size:
-            return float(levels[-1])
-        return float(0.5 * (levels[full - 1] + levels[full]))
-    return filling_level(bands, 1.0 / n_k, electrons_per_cell, kt)
+    return band_fermi_level(lead_bands(lead, n_k), electrons_per_cell, kt)
