@@ -503,3 +503,141 @@ def test_wider_devices_keep_the_k_sampling_of_the_narrow_ones():
     assert device_tblite_settings({"electronic_temperature_hartree": 0.06}, wide) == {
         "electronic_temperature_hartree": 0.06
     }
+
+
+def _chain_device(seed: int, n: int = 24, spacing: float = 1.06):
+    """A device in miniature: ``n`` H atoms along x (four per 4.24 A lead cell), periodic
+    along x, the middle third rattled by ``seed`` (the "oxide"), the outer thirds regular (the
+    "electrodes")."""
+    from ase import Atoms
+
+    rng = np.random.default_rng(seed)
+    positions = np.column_stack([spacing * (np.arange(n) + 0.5), np.zeros(n), np.zeros(n)])
+    middle = slice(n // 3, 2 * n // 3)
+    positions[middle] += rng.normal(0.0, 0.08, (n // 3, 3))
+    atoms = Atoms("H" * n, positions=positions + [0, 5, 5], cell=[n * spacing, 10, 10])
+    atoms.pbc = [True, False, False]
+    return atoms
+
+
+def _chain_record(atoms, reach: float = 4.0):
+    """An image-resolved one-s tight-binding record of a chain (Hartree): hopping and overlap
+    decaying with distance to ``reach``, on-site energies from the neighbours' distances."""
+    n, length = len(atoms), atoms.cell[0, 0]
+    images = {}
+    for m in (-1, 0, 1):
+        d = atoms.positions[None, :, :] + [m * length, 0, 0] - atoms.positions[:, None, :]
+        r = np.linalg.norm(d, axis=-1)
+        near = (r < reach) & (r > 0)
+        images[(m, 0, 0)] = (
+            np.where(near, -0.1 * np.exp(-(r - 1.0) / 0.5), 0.0),
+            np.where(near, 0.1 * np.exp(-(r - 1.0) / 0.5), 0.0),
+        )
+    onsite = -0.2 + 0.05 * sum(np.sum(s, axis=1) for _, s in images.values())
+    h0, s0 = images[(0, 0, 0)]
+    images[(0, 0, 0)] = (h0 + np.diag(onsite), s0 + np.eye(n))
+    return BlockHamiltonian.from_dense(
+        atoms.numbers,
+        atoms.positions,
+        atoms.cell.array,
+        atoms.pbc,
+        Basis.from_dict("one-s", {"H": (0,)}),
+        {k: h for k, (h, _) in images.items()},
+        {k: s for k, (_, s) in images.items()},
+        fermi_level=0.0,
+        metadata={"electronic_temperature_hartree": 0.06, "n_electrons": float(n)},
+    )
+
+
+def test_stages_on_a_tiny_device_are_consistent(tmp_path):
+    """The facts of the slow end-to-end test on a 24-atom tight-binding chain and a tiny model
+    trained for two steps: cached references are reused and aligned, the outputs exist, the
+    current through the model chain equals the current from the predicted H, dI/dR agrees
+    with central differences and sums to zero, and the saved T(E) integrate to the table."""
+    import dataclasses
+
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    from hamjax import vcm
+    from hamjax.io import dataset
+    from hamjax.transport import current
+
+    config = dataclasses.replace(
+        vcm.demo_config(),
+        train_seeds=(1,),
+        test_devices={"Chain": {}},
+        sensitivity_device="Chain",
+        tblite={"electronic_temperature_hartree": 0.06},
+        model={
+            "cutoff": 3.0,
+            "max_ell": 1,
+            "channels": 4,
+            "heads": 1,
+            "radial_basis": 4,
+            "radial_hidden": [8],
+            "attention_dim": 4,
+            "dtype": "float64",
+        },
+        train={"epochs": 2, "max_graphs_per_batch": 1, "slice_width_angstrom": None},
+        transport_cutoff_angstrom=4.0,
+        lead_cells=1,
+        n_energies=13,
+        refine_energies=6,  # a refined, non-uniform grid through transport and gradients
+    )
+    devices = {
+        name: {"atoms": _chain_device(seed), "role": role, "spec": None}
+        for name, role, seed in (("train-1", "train", 1), ("validation", "validation", 2))
+    }
+    devices["Chain"] = {"atoms": _chain_device(3), "role": "test", "spec": None}
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, device in devices.items():
+        dataset.save(_chain_record(device["atoms"]), vcm.reference_file(data, name))
+    # the files match the devices and the settings: read, not recomputed (no tblite here)
+    records = vcm.compute_references(devices, data, config.tblite, progress=False)
+    assert records["timings"] == {}
+    records = vcm.aligned(records["records"], config)
+
+    vcm.train_stage(config, tmp_path, records, devices, progress=False)
+    summary = vcm.evaluate_stage(config, tmp_path, records, devices, {}, echo=lambda _: None)
+    for name in ("table.md", "errors.png", "error_profile.png", "transmission.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert (tmp_path / "sensitivity.png").stat().st_size > 0
+    profile = json.loads((tmp_path / "error_profile.json").read_text())["Chain"]
+    assert len(profile["mae_meV"]) == 13  # 2 A slabs along the 25.4 A chain
+    assert all(v > 0 for v in profile["mae_meV"])
+    row = summary["devices"]["Chain"]
+    assert np.isfinite(summary["validation_total_mae_meV"])
+    assert row["prediction_leads"] == "predicted" and row["current_pred_reference_leads_A"] > 0
+    assert "reference leads" in (tmp_path / "table.md").read_text()
+    assert row["lead_channels_at_fermi_ref"] >= 1  # a metallic chain conducts
+
+    sens = summary["sensitivity"]
+    assert sens["current_through_model_A"] == pytest.approx(
+        sens["current_from_predicted_H_A"], rel=1e-4
+    )
+    (check,) = sens["finite_difference_check"]
+    assert check["finite_difference_A_per_angstrom"] == pytest.approx(
+        check["analytic_A_per_angstrom"], rel=0.02
+    )
+    saved = json.loads((tmp_path / "sensitivity.json").read_text())
+    grad_r = np.asarray(saved["dI_dR_A_per_angstrom"])
+    assert np.abs(grad_r.sum(axis=0)).max() < 1e-8 * np.linalg.norm(grad_r, axis=1).max()
+
+    table = json.loads((tmp_path / "table.json").read_text())[0]
+    curves = json.loads((tmp_path / "transmission.json").read_text())["Chain"]
+    for which, key in (
+        ("reference", "current_ref_A"),
+        ("prediction", "current_pred_A"),
+        ("prediction_reference_leads", "current_pred_reference_leads_A"),
+    ):
+        curve = curves[which]
+        again = current(
+            np.asarray(curve["energies_eV"]),
+            np.asarray(curve["transmission"]),
+            config.bias_volt,
+            fermi_level=curve["fermi_level_eV"],
+            temperature=config.temperature_k,
+        )
+        assert float(again) == pytest.approx(table[key], rel=1e-12), which
