@@ -131,17 +131,17 @@ def _quiet_jax() -> None:
 
 # What a reader raises on a bad file: the readers raise ValueError / FileNotFoundError with
 # the file named; the others are a safety net for errors escaping from a reader.
-INPUT_ERRORS = (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile)
+INPUT_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile)
 
 
-def _input_files(args: argparse.Namespace) -> list[Path]:
-    """The existing files among the parsed path arguments (the command's inputs, mostly)."""
+def _input_paths(args: argparse.Namespace) -> list[Path]:
+    """The existing files and folders among the parsed path arguments."""
     found = []
     for name, value in vars(args).items():
         if name.startswith("_"):
             continue
         for item in value if isinstance(value, list | tuple) else [value]:
-            if isinstance(item, Path) and item.is_file():
+            if isinstance(item, Path) and item.exists():
                 found.append(item)
     return found
 
@@ -149,16 +149,15 @@ def _input_files(args: argparse.Namespace) -> list[Path]:
 def error_message(err: BaseException, args: argparse.Namespace) -> str:
     """One line for an input error; names the input file when the error does not and the
     command had only one."""
-    if isinstance(err, KeyError):
-        text = f"missing entry {err.args[0]!r}" if err.args else "missing entry"
-    elif isinstance(err, zipfile.BadZipFile):
+    if isinstance(err, zipfile.BadZipFile):
         text = f"not a readable .npz/zip file ({err})"
     elif isinstance(err, EOFError):
         text = f"file ended early ({err})" if str(err) else "file ended early"
     else:
         text = str(err) or type(err).__name__
-    files = _input_files(args)
-    named = any(str(f) in text or f.name in text for f in files)
+    paths = _input_paths(args)
+    named = any(str(p) in text or p.name in text for p in paths)
+    files = [p for p in paths if p.is_file()]
     if len(files) == 1 and not named:
         text = f"{files[0]}: {text}"
     return " ".join(text.split())

@@ -105,12 +105,10 @@ def test_error_message_names_the_only_input_file(tmp_path):
     for err in (
         zipfile.BadZipFile("File is not a zip file"),
         EOFError(),
-        KeyError("hamiltonian"),
         OSError("Failed to interpret file as a pickle"),
     ):
         text = error_message(err, args)
         assert text.startswith(f"{npz}: ") and "\n" not in text
-    assert "missing entry 'hamiltonian'" in error_message(KeyError("hamiltonian"), args)
     # already named: not named twice; several input files: none picked
     assert error_message(ValueError(f"{npz.name}: bad layers"), args) == "device.npz: bad layers"
     other = tmp_path / "other.npz"

@@ -209,7 +209,7 @@ def test_predict_and_evaluate_cli(runs, tmp_path, capsys, caplog):
     )
     # hamjax evaluate: the MAE over all H entries is numpy's on the dense matrices
     metrics_file = tmp_path / "metrics.json"
-    rc = main(["evaluate", "--model", str(run), "--data", str(test_file), "--json",
+    rc = main(["evaluate", "--model", str(run), "--data", str(test_file), "--out",
                str(metrics_file), "--quiet", "--no-orbital-energies"])  # fmt: skip
     assert rc == 0
     metrics = json.loads(metrics_file.read_text())

@@ -183,7 +183,7 @@ def test_cli_prints_and_writes_json_equal_to_dense_numpy(tmp_path, capsys):
     out = tmp_path / "metrics.json"
     pattern = str(tmp_path / "frame_*.npz")
     rc = main(["evaluate", "--model", str(tmp_path / "run"), "--data", pattern,
-               "--json", str(out), "--quiet"])  # fmt: skip
+               "--out", str(out), "--quiet"])  # fmt: skip
     assert rc == 0
     printed = capsys.readouterr().out
     assert "H MAE, all entries" in printed and "uEh" in printed

@@ -3,11 +3,12 @@
 --data takes dataset files (.npz) or glob patterns (quoted), seen in training or not. Prints
 the MAE over all H entries, its node (on-site) and edge parts, RMSE and maximum error, and
 the MAE of the generalised eigenvalues of the predicted H with the reference S (all orbitals,
-occupied orbitals, HOMO, LUMO, gap), all in micro-Hartree; --json FILE also writes them.
+occupied orbitals, HOMO, LUMO, gap), all in micro-Hartree; --out FILE also writes them (JSON).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -31,7 +32,9 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--data", nargs="+", required=True, help="dataset files (.npz) or quoted glob patterns"
     )
-    parser.add_argument("--json", type=Path, default=None, help="also write the metrics here")
+    parser.add_argument("--out", type=Path, default=None, help="also write the metrics here (JSON)")
+    # --json: the earlier name of --out, kept so that scripts keep working
+    parser.add_argument("--json", dest="out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument(
         "--checkpoint", choices=("best", "latest"), default="best", help="which checkpoint"
     )
@@ -82,8 +85,8 @@ def run(args) -> int:
     metrics["model"] = str(args.model)
     metrics["checkpoint"] = args.checkpoint
     print(format_metrics(metrics))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(metrics, indent=2) + "\n")
-        print(f"metrics written to {args.json}")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(metrics, indent=2) + "\n")
+        print(f"metrics written to {args.out}")
     return 0
