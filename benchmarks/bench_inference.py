@@ -78,11 +78,12 @@ def main(argv=None) -> int:
     from hamjax import batching, train
     from hamjax.basis import gfn1_xtb_basis
     from hamjax.config import read_json_object
-    from hamjax.graph import build_graph, gather_targets
+    from hamjax.graph import build_graph
     from hamjax.inference import Predictor
     from hamjax.models import HamiltonianModel, ModelConfig
     from hamjax.partition import partition
     from hamjax.structures.device import build_device, paper_spec
+    from hamjax.targets import gather_targets
 
     device = jax.devices()[0]
     vcm_basis = gfn1_xtb_basis(["N", "O", "Ti", "Hf"])  # the elements of the VCM devices

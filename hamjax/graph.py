@@ -13,19 +13,12 @@ than the cutoff: a pair then has several edges, one per image inside the cutoff,
 may be linked to its own images (``(i, i, shift != 0)`` is an edge; ``(i, i, 0)`` is the node,
 never an edge). Edges are sorted by ``(sender, receiver, shift)``.
 
-Neighbour search uses vesin (a maintained cell-list library), chosen by measurement on this
-2-core machine (shared, load ~10) with an 8 Angstrom cutoff: for a rattled 4,200-atom
-periodic fluorite HfO2 supercell (816,062 directed pairs) vesin took 0.18-0.24 s, matscipy
-0.40-0.66 s and ase.neighborlist 6-9 s; for the 5,520-atom TiN | HfO2 | Ti | TiN device
-(1,173,868 edges, ``benchmarks/bench_graph.py``) vesin 0.50 s, matscipy 1.07 s, and
-:func:`build_graph` as a whole (search, cutoff and distance checks, sorting, reverse index)
-1.46 s.
+Neighbour search uses vesin, a maintained cell-list library, chosen by measurement against
+matscipy and ase.neighborlist (``docs/benchmarks.md``).
 
 Reference blocks from a :class:`~hamjax.blocks.BlockHamiltonian` are gathered onto the graph by
 :func:`hamjax.targets.gather_targets`; :mod:`hamjax.folding` sums predicted image blocks for
-comparison with Gamma-point-only references. Both used to live here, and their public names
-(``BlockTargets``, ``gather_targets``, ``max_orbitals``, ``fold_gamma``,
-``gamma_folded_cells``, ``multi_image_translations``) are still importable from this module.
+comparison with Gamma-point-only references.
 """
 
 from __future__ import annotations
@@ -344,25 +337,3 @@ def build_graph(
         reverse=reverse,
         cutoff=rmax,
     )
-
-
-# ------------------------------------------------------------------ moved names, re-exported
-_MOVED = {
-    "BlockTargets": "hamjax.targets",
-    "gather_targets": "hamjax.targets",
-    "max_orbitals": "hamjax.targets",
-    "fold_gamma": "hamjax.folding",
-    "gamma_folded_cells": "hamjax.folding",
-    "multi_image_translations": "hamjax.folding",
-}
-
-
-def __getattr__(name: str):
-    """The names that moved to :mod:`hamjax.targets` and :mod:`hamjax.folding`, looked up on
-    first use: those modules import this one, so importing them here at load would be a
-    cycle."""
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

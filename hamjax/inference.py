@@ -33,10 +33,12 @@ import numpy as np
 
 from hamjax import batching
 from hamjax.blocks import BlockHamiltonian
-from hamjax.graph import build_graph, gather_targets, multi_image_translations
+from hamjax.folding import multi_image_translations
+from hamjax.graph import build_graph
 from hamjax.io import model_folder
 from hamjax.models import HamiltonianModel
 from hamjax.partition import partition, stitch
+from hamjax.targets import gather_targets
 
 __all__ = ["Predictor", "blocks_to_record", "predict"]
 
@@ -152,7 +154,7 @@ class Predictor:
 
         A model trained on Gamma-point references of cells thinner than twice its cutoff
         (``folded_cells``, from the model folder) has learnt each block only as a sum over
-        that cell's images (:func:`hamjax.graph.multi_image_translations`); its blocks for a
+        that cell's images (:func:`hamjax.folding.multi_image_translations`); its blocks for a
         cell with other short translations, a wider device or a molecule, are not reliable.
         Measured (``experiments/vcm_folding.py``): the full default VCM run's model, trained
         on devices one TiN cell (4.24 A) across, has a total MAE of 67.9 meV (on-site blocks

@@ -25,7 +25,8 @@ from ase.data import chemical_symbols
 from hamjax import batching, train
 from hamjax.basis import gfn1_xtb_basis
 from hamjax.constants import HARTREE_EV
-from hamjax.graph import build_graph, gather_targets
+from hamjax.graph import build_graph
+from hamjax.targets import gather_targets
 
 BASIS = gfn1_xtb_basis(["H", "N", "O"])
 

@@ -12,10 +12,11 @@ from ase.data import chemical_symbols
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hamjax import batching
-from hamjax.graph import build_graph, gather_targets
+from hamjax.graph import build_graph
 from hamjax.io import dataset
 from hamjax.models import ModelConfig, block_layout
 from hamjax.partition import partition, slice_targets
+from hamjax.targets import gather_targets
 from hamjax.train.config import TrainConfig
 
 __all__ = [
@@ -83,7 +84,7 @@ def make_batches(records: Sequence, config: TrainConfig) -> list[dict]:
     """Padded training batches (host NumPy) of records, cut into slices if configured.
 
     Each structure (``slice_width_angstrom`` None) or each slice of a structure becomes one
-    graph with its reference blocks gathered onto it (:func:`hamjax.graph.gather_targets`,
+    graph with its reference blocks gathered onto it (:func:`hamjax.targets.gather_targets`,
     Gamma-folded when the reference is Gamma-only); ``max_graphs_per_batch`` consecutive
     graphs form one batch padded to a bucketed budget (:func:`hamjax.batching.budget_for`).
 

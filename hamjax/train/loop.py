@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from hamjax.graph import gamma_folded_cells
+from hamjax.folding import gamma_folded_cells
 from hamjax.io.atomic import write_text
 from hamjax.io.model_folder import (
     CHECKPOINTS_DIR,
@@ -253,7 +253,7 @@ def _with_parameters(state: TrainState, params, source: str) -> TrainState:
 
 
 def save_folded_cells(out: Path, records, cutoff: float) -> None:
-    """Write which cells the training set folds (:func:`hamjax.graph.gamma_folded_cells`) to
+    """Write which cells the training set folds (:func:`hamjax.folding.gamma_folded_cells`) to
     ``out/folded_cells.json``, where :class:`hamjax.inference.Predictor` looks for it."""
     cells = [list(c) for c in gamma_folded_cells(records, cutoff)]
     data = {"cutoff_angstrom": float(cutoff), "multi_image_translations_angstrom": cells}

@@ -39,7 +39,7 @@ import numpy as np
 from ase.data import atomic_numbers
 
 from hamjax.constants import HARTREE_EV
-from hamjax.graph import fold_gamma
+from hamjax.folding import fold_gamma
 
 __all__ = [
     "block_errors",
@@ -93,7 +93,7 @@ def block_errors(
         batch: ``graph`` (jraph.GraphsTuple), ``node_targets`` ``[n_node, M, M]``,
             ``edge_targets`` ``[n_edge, M, M]``, ``orbital_mask`` ``[n_node, M]`` bool,
             ``node_labels`` ``[n_node]`` bool, ``edge_labels`` ``[n_edge]`` bool, and for a
-            Gamma-only reference ``fold_edge`` ``[n_edge]`` int (:func:`hamjax.graph.fold_gamma`
+            Gamma-only reference ``fold_edge`` ``[n_edge]`` int (:func:`hamjax.folding.fold_gamma`
             is then applied to the predictions first).
         loss: "mse" (squared errors) or "mae" (absolute errors) for ``loss_sum``.
         align_energy_reference: shift each graph's on-site diagonal by the closed-form

@@ -1,9 +1,8 @@
 """Complex matrix products for the transport loops.
 
-On the CPU, XLA's complex128 GEMM runs at a third of its float64 GEMM (measured on the 2-core
-machine with jax 0.10: 22 vs 72 GFLOP/s at b = 256, 34 vs 81 at b = 512, counting 8 b^3 real
-flops per complex product either way). :func:`matmul` therefore forms a complex product
-from four real ones there; on accelerators it is the plain complex product.
+On the CPU, XLA's complex128 GEMM runs at a fraction of its float64 GEMM (rates in
+``docs/benchmarks.md``), so :func:`matmul` forms a complex product from four real ones there;
+on accelerators it is the plain complex product.
 """
 
 from __future__ import annotations

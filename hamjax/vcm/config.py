@@ -49,9 +49,10 @@ TEST_DEVICES: dict[str, dict] = {
 
 
 #: DeviceSpec fields of the full default run: one TiN cell (4.24 A) across, 8 A of oxide and
-#: 5 A of Ti between six TiN cells on each side (about 110 atoms), the size whose seven
-#: tblite references take minutes here. ``experiments/vcm_wide.json`` is the next size up
-#: (2 x 2 cells across, about 500 atoms: a single tblite reference took over 10 min here).
+#: 5 A of Ti between six TiN cells on each side (about 110 atoms), small enough for the
+#: references of all seven devices on two CPU cores. ``experiments/vcm_wide.json`` is the
+#: next size up (2 x 2 cells across, about 500 atoms; reference costs in
+#: docs/reference-data.md).
 DEFAULT_DEVICE: dict = {
     "transverse_cells": (1, 1),
     "tin_left_cells": 6,
@@ -69,10 +70,8 @@ DEFAULT_TBLITE: dict = {"electronic_temperature_hartree": 0.06}
 
 
 #: Training of the full default run: the paper's model (ModelConfig defaults: 8 A cutoff,
-#: lmax 4, 16 channels) with a cosine schedule from 2e-3 to 1e-5. Over 1,200 epochs this
-#: schedule took the model to 18 meV validation MAE on these devices (5.5 min on one H100);
-#: the default's 500 epochs took 72 min on two CPU cores (6.8-7.2 s per epoch). The
-#: paper's own 1e-4 -> 1e-5 over 200 epochs leaves this model far from converged.
+#: lmax 4, 16 channels) with a cosine schedule from 2e-3 to 1e-5, which trains this model much
+#: further than the paper's own 1e-4 -> 1e-5 over 200 epochs (runs and times: docs/vcm.md).
 DEFAULT_TRAIN: dict = {
     "epochs": 500,
     "learning_rate": 2e-3,
