@@ -28,23 +28,12 @@ the structure, the cycles and every setting tried. The retry keeps the requested
 temperature (``retry_mode="anneal"``): it starts at a higher one, anneals down to the target,
 with stronger damping and twice the cycles. A retry that converged at the higher temperature
 (``retry_mode="raise"``) gives a different electronic state: a dataset mixing the two is
-inconsistent. Measured: the 109-atom demo VCM device "Broken 2" (GFN1-xTB, kT = 0.06 Ha,
-mixing 0.05) did not converge in 250 cycles; converged at 0.12 Ha its TiN electrodes held
-0.2 e more per Ti (Mulliken) than every other device's, its electrode Fermi level sat 3 eV
-above theirs and a model trained on the 0.06 Ha devices was 1.2 eV off on every on-site
-energy; the annealed retry (from 0.12 Ha, 25 + 62 cycles, mixing 0.025) converged it at
-0.06 Ha in 258 cycles, in line with the others (electrode Fermi level -6.10 eV against -6.45
-to -5.46).
-
-Measured on the 57-atom toy VCM device (``DeviceSpec()`` with 5% random vacancies; GFN1-xTB;
-kT and Broyden mixing parameter -> SCF cycles): 0.01 Ha / 0.05 -> 221; 0.01 Ha / 0.2 and 0.4
--> not converged in 250; 0.01 Ha / 0.05 with annealing from 0.03 Ha (30 + 30 cycles) -> 168;
-0.03 Ha / 0.05 -> 74; 0.03 Ha / 0.1 -> 217; 0.03 Ha / 0.05 from an EEQ guess -> 173;
-9.5e-4 and 3e-3 Ha -> not converged in 250. Hence the periodic defaults kT = 0.03 Ha and
-mixing 0.05: a large smearing (0.8 eV), recorded in the metadata, that trades some fidelity
-of the electrodes' occupations for an SCF that converges on every device tried. Lower it
-(with ``annealing``) when the cycles can be afforded. Molecules and gapped clusters keep
-tblite's defaults (9.5e-4 Ha, mixing 0.4).
+inconsistent (a demo device converged that way had its electrode Fermi level 3 eV off).
+The periodic defaults kT = 0.03 Ha and mixing 0.05 are a large smearing (0.8 eV), recorded
+in the metadata, that trades some fidelity of the electrodes' occupations for an SCF that
+converged on every device tried; lower it (with ``annealing``) when the cycles can be
+afforded. Molecules and gapped clusters keep tblite's defaults (9.5e-4 Ha, mixing 0.4). The
+measurements behind these choices are in ``docs/reference-data.md``.
 
 The record's ``fermi_level`` is the SCF's chemical potential at that smearing. For a metal
 whose density of states is lopsided around E_F it is not the Fermi level at room
@@ -72,8 +61,9 @@ from hamjax.reference._common import (
 )
 from hamjax.reference._conventions import tblite_conversion
 from hamjax.reference.blas import active_openblas
-from hamjax.reference.checks import check_image_record, check_supercell_levels, electron_count
-from hamjax.reference.images import tblite_integrals, unfold_gfn1
+from hamjax.reference.checks import check_supercell_levels
+from hamjax.reference.image_record import image_record
+from hamjax.reference.images import tblite_integrals
 
 __all__ = [
     "TBLiteSettings",
@@ -519,7 +509,7 @@ def tblite_reference(
         if supercell_checks is not None:
             metadata["scf_supercell"] = list(settings.scf_supercell)
             metadata["total_energy_hartree"] = result.energy
-        record = _image_record(atoms, result, basis, perm, signs, fermi, used, settings, metadata)
+        record = image_record(atoms, result, basis, perm, signs, fermi, used, settings, metadata)
         if supercell_checks is not None:
             record.metadata["image_checks"].update(supercell_checks)
             check_supercell_levels(record, result, settings.scf_supercell)
@@ -534,68 +524,6 @@ def tblite_reference(
         fermi_level=fermi["fermi_level"],
         metadata=metadata,
     )
-
-
-def _image_record(atoms, result, basis, perm, signs, fermi, used, settings, metadata):
-    """The image-resolved record of a periodic GFN1-xTB SCF, checked (module docstring)."""
-    numbers = np.asarray(atoms.numbers, dtype=int)
-    pairs, shifts, h_blocks, core_blocks, s_blocks, diagnostics = unfold_gfn1(
-        atoms,
-        result.hamiltonian,
-        result.core_hamiltonian,
-        result.overlap,
-        basis.orbital_counts(numbers),
-        perm,
-        signs,
-        method=settings.method,
-        accuracy=used.accuracy,
-    )
-    core = settings.hamiltonian == "core"
-    if core:
-        h_blocks = core_blocks
-    big = np.array(
-        [
-            max(np.abs(h).max(initial=0), np.abs(s).max(initial=0))
-            for h, s in zip(h_blocks, s_blocks, strict=True)
-        ]
-    )
-    keep = (big > settings.threshold) | ((pairs[:, 0] == pairs[:, 1]) & ~shifts.any(axis=1))
-    dropped = float(big[~keep].max(initial=0.0))
-    record = BlockHamiltonian(
-        numbers=numbers,
-        positions=np.asarray(atoms.positions, dtype=float),
-        cell=np.asarray(atoms.cell.array, dtype=float),
-        pbc=np.asarray(atoms.pbc, dtype=bool),
-        basis=basis,
-        pairs=pairs[keep],
-        shifts=shifts[keep],
-        hamiltonian=np.concatenate([b.ravel() for b, k in zip(h_blocks, keep, strict=True) if k]),
-        overlap=np.concatenate([b.ravel() for b, k in zip(s_blocks, keep, strict=True) if k]),
-        fermi_level=fermi["fermi_level"],
-        metadata={},
-    )
-    flip = signs[:, None] * signs[None, :]
-    gamma_h = flip * (result.core_hamiltonian if core else result.hamiltonian)[np.ix_(perm, perm)]
-    gamma_s = flip * result.overlap[np.ix_(perm, perm)]
-    kt = used.electronic_temperature_hartree
-    electrons = None if core else fermi["n_electrons"] / np.prod(settings.scf_supercell)
-    checks = check_image_record(
-        record, gamma_h, gamma_s, electrons, kt, kgrid=settings.scf_supercell
-    )
-    if settings.kgrid_electron_count is not None and not core:
-        grid = settings.kgrid_electron_count
-        checks["electron_count_kgrid"] = list(grid)
-        checks["electron_count_on_kgrid"] = electron_count(record, grid, fermi["fermi_level"], kt)
-    metadata.update(
-        image_resolved=True,
-        interaction_range_angstrom=diagnostics["cutoff_angstrom"],
-        unfolding=diagnostics,
-        image_checks=checks,
-        max_dropped_block_hartree=dropped,
-        block_threshold=float(settings.threshold),
-        k_grid=list(settings.scf_supercell),
-    )
-    return record.replace(metadata=metadata)
 
 
 def _supercell_scf(atoms, settings: TBLiteSettings, name):
