@@ -156,10 +156,7 @@ class Predictor:
         (``folded_cells``, from the model folder) has learnt each block only as a sum over
         that cell's images (:func:`hamjax.folding.multi_image_translations`); its blocks for a
         cell with other short translations, a wider device or a molecule, are not reliable.
-        Measured (``experiments/vcm_folding.py``): the full default VCM run's model, trained
-        on devices one TiN cell (4.24 A) across, has a total MAE of 67.9 meV (on-site blocks
-        175 meV) on its Filament 1 device built 2 x 2 cells across, against 28.5 meV (43 meV)
-        one cell across; Broken 1: 67.6 (174) against 24.4 (29) meV.
+        (``experiments/vcm_folding.py`` measures how far off: ``docs/vcm.md``).
 
         Returns:
             The indices of the structures warned about.

@@ -12,9 +12,9 @@ Two libraries are looked for, in this order: a system OpenBLAS (on Debian/Ubuntu
 Intel oneMKL's ``libmkl_rt`` from the ``mkl`` wheel (a dependency of hamjax on x86-64 Linux,
 installed into ``<prefix>/lib``). MKL runs with its LP64 interface (the wheel has no gfortran
 interface library; tblite's real-valued BLAS/LAPACK calls are the same in both) and the GNU
-OpenMP threading layer tblite itself uses. Measured on the 2-core machine, GFN1-xTB on
-96-atom TiN (22 SCF cycles): 32 s with the bundled BLAS, 11 s with MKL, 9 s with OpenBLAS;
-Fermi levels equal to 1e-6 Ha. Without either everything works, only slower. Set
+OpenMP threading layer tblite itself uses. Both are several times faster than the bundled
+BLAS and give the same results (``docs/reference-data.md``). Without either everything
+works, only slower. Set
 ``HAMJAX_OPENBLAS=0`` to opt out, or ``HAMJAX_OPENBLAS=/path/lib.so`` to name a library.
 """
 
