@@ -98,7 +98,8 @@ class Cp2kLog:
         if not self.ended:
             raise ValueError(
                 f"{self.path}: no 'PROGRAM ENDED AT' banner: not the log of a finished CP2K "
-                "run (cut short, or the run stopped early)"
+                "run (cut short, or the run stopped early); to read matrices that a stopped "
+                "run did write, pass log=None with basis= and structure="
             )
         if not self.symbols:
             raise ValueError(f"{self.path}: no atomic coordinates in the CP2K log")
