@@ -85,7 +85,9 @@ def timed(fn, *args, repeat: int):
 
 
 def random_blocks(n_blocks: int, b: int, seed: int = 0) -> sweep.DeviceBlocks:
-    """Random device: Hermitian diagonal blocks, couplings of similar size, S = 1 + small."""
+    """Random device: Hermitian diagonal blocks, couplings of similar size, S = 1 + small.
+    The last layer and its coupling repeat the first ones, so both default leads are the same
+    bulk (the usual case: one electrode material), as ``transmission`` detects."""
     rng = np.random.default_rng(seed)
 
     def cplx(*shape):
@@ -98,6 +100,8 @@ def random_blocks(n_blocks: int, b: int, seed: int = 0) -> sweep.DeviceBlocks:
     s_d = cplx(n_blocks, b, b) * 0.02 * scale
     s_diag = np.eye(b) + (s_d + s_d.conj().transpose(0, 2, 1)) / 2
     s_upper = cplx(n_blocks - 1, b, b) * 0.02 * scale
+    for x in (h_diag, s_diag, h_upper, s_upper):
+        x[-1] = x[0]
     c = jnp.complex128
     return sweep.DeviceBlocks(
         jnp.asarray(h_diag, c),
@@ -204,24 +208,29 @@ def bench_size(n_blocks: int, b: int, n_energies: int, args) -> dict:
         }
     )
 
-    # full T(E): decimation of both leads + sweep, as transmission() runs it
+    # full T(E): lead decimation + sweep, as transmission() runs it: one decimation run for
+    # both (identical) leads, and the former path, one run per lead, in the same process
     left, right = sweep.end_leads(blocks, (b,) * n_blocks)
-    chunk = sweep.compiled_chunk(DEFAULT_MAX_ITERATIONS, tuple(jax.local_devices()[:1]))
     eta = jnp.asarray(ETA)
-    first, steady = timed(chunk, blocks, left, right, energies, eta, repeat=args.repeat)
-    out["t_s_per_energy"] = steady / n_energies
-    out["transmission_call"] = (chunk, (blocks, left, right, energies, eta))
-    emit(
-        {
-            "what": "transmission",
-            **common,
-            "compile_s": first - steady,
-            "steady_s": steady,
-            "energies_per_s": n_energies / steady,
-            "gflops_nominal_40Nb3": 40 * n_blocks * b**3 * n_energies / steady / 1e9,
-            "lead_share": 1 - out["sweep_s_per_energy"] / out["t_s_per_energy"],
-        }
-    )
+    for share in (False, True):
+        chunk = sweep.compiled_chunk(DEFAULT_MAX_ITERATIONS, tuple(jax.local_devices()[:1]), share)
+        first, steady = timed(chunk, blocks, left, right, energies, eta, repeat=args.repeat)
+        key = "" if share else "_separate_leads"
+        out["t_s_per_energy" + key] = steady / n_energies
+        out["transmission_call" + key] = (chunk, (blocks, left, right, energies, eta))
+        emit(
+            {
+                "what": "transmission",
+                **common,
+                "share_leads": share,
+                "identical_leads": bool(sweep.identical_leads(left, right)),
+                "compile_s": first - steady,
+                "steady_s": steady,
+                "energies_per_s": n_energies / steady,
+                "gflops_nominal_40Nb3": 40 * n_blocks * b**3 * n_energies / steady / 1e9,
+                "lead_share": 1 - out["sweep_s_per_energy"] / (steady / n_energies),
+            }
+        )
     return {
         **out,
         "blocks": blocks,
@@ -244,14 +253,17 @@ def bench_dense(n_blocks: int, b: int, state: dict, args) -> None:
         return scipy.linalg.solve(a, rhs, check_finite=False)
 
     chunk, chunk_args = state["transmission_call"]
+    separate, separate_args = state["transmission_call_separate_leads"]
     n_energies = int(chunk_args[3].shape[0])
     first, steady = timed(solve, a, rhs, repeat=0)
-    ratios = []
+    ratios, ratios_separate = [], []
     for _ in range(max(3, args.repeat)):
         _, dense_s = timed(solve, a, rhs, repeat=1)
         _, t_s = timed(chunk, *chunk_args, repeat=1)
+        _, t_sep = timed(separate, *separate_args, repeat=1)
         steady = min(steady, dense_s)
         ratios.append(dense_s / (t_s / n_energies))
+        ratios_separate.append(dense_s / (t_sep / n_energies))
     emit(
         {
             "what": "dense",
@@ -262,6 +274,8 @@ def bench_dense(n_blocks: int, b: int, state: dict, args) -> None:
             "steady_s_per_energy": steady,
             "speedup_transmission": float(np.median(ratios)),
             "speedup_transmission_rounds": ratios,
+            "speedup_transmission_separate_leads": float(np.median(ratios_separate)),
+            "speedup_transmission_separate_leads_rounds": ratios_separate,
             "speedup_sweep": steady / state["sweep_s_per_energy"],
         }
     )
@@ -306,6 +320,10 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="steady-state repetitions (best of)")
     parser.add_argument("--no-dense", action="store_true", help="skip the dense baseline")
     parser.add_argument(
+        "--sizes",
+        help="comma-separated NxB, e.g. 16x128 (dense baseline and gradient for each)",
+    )
+    parser.add_argument(
         "--openblas-threads", type=int, help="OPENBLAS_NUM_THREADS for LAPACK (see above)"
     )
     args = parser.parse_args(argv)
@@ -313,12 +331,16 @@ def main(argv=None) -> int:
         sizes = [(n, b) for n in (8, 32) for b in (64, 128, 256, 512)]
     else:
         sizes = [(32, 64), (32, 128), (8, 256)]
+    dense_for, grad_for = [(32, 128)], [(32, 64), (8, 128), (32, 128)]
+    if args.sizes:
+        sizes = [tuple(int(x) for x in size.split("x")) for size in args.sizes.split(",")]
+        dense_for = grad_for = sizes
     energies_for = {64: 8, 128: 4, 256: 2, 512: 1}
     for n_blocks, b in sizes:
-        state = bench_size(n_blocks, b, energies_for[b], args)
-        if (n_blocks, b) == (32, 128) and not args.no_dense:
+        state = bench_size(n_blocks, b, energies_for.get(b, 1), args)
+        if (n_blocks, b) in dense_for and not args.no_dense:
             bench_dense(n_blocks, b, state, args)
-        if (n_blocks, b) in ((32, 64), (8, 128), (32, 128)):
+        if (n_blocks, b) in grad_for:
             bench_grad(n_blocks, b, state, args)
     return 0
 

@@ -231,6 +231,7 @@ def transmission(
     residual_tolerance: float = RESIDUAL_TOLERANCE,
     check: bool = True,
     progress: bool = False,
+    share_leads: bool = True,
 ) -> TransmissionResult:
     """Landauer transmission T(E) of a two-terminal device (NEGF, RGF on principal layers).
 
@@ -256,6 +257,9 @@ def transmission(
         chunk_size: energies per compiled chunk (default: from the block size, bounded memory).
         devices: JAX devices to shard energy chunks over (default: all local devices).
         max_iterations: cap on Lopez-Sancho decimation steps.
+        share_leads: when both leads are the same bulk (equal blocks, checked on the values
+            per call), take both self-energies from one decimation run per energy (half the
+            lead cost; derivatives stay per lead). False: always one run per lead.
         residual_tolerance: warn (RuntimeWarning, naming energies) above this Dyson residual.
         check: validate input (Hermitian, positive definite S, neighbour-only couplings,
             finite entries, shapes); raises ``ValueError`` naming layers or entries.
@@ -338,7 +342,7 @@ def transmission(
     if traced:
         energies = jnp.asarray(energies, jnp.float64)
         padded = jnp.concatenate([energies, jnp.full(n_padded - n_energies, energies[-1])])
-        fn = chunk_function(max_iterations, devices)
+        fn = chunk_function(max_iterations, devices, share_leads)
         if n_chunks == 1:
             out = fn(blocks, left, right, padded, eta)
         else:
@@ -350,7 +354,7 @@ def transmission(
         return TransmissionResult(*(x[:n_energies] for x in out))
 
     padded = np.concatenate([energies, np.full(n_padded - n_energies, energies[-1])])
-    fn = compiled_chunk(max_iterations, devices)
+    fn = compiled_chunk(max_iterations, devices, share_leads)
     parts = []
     chunks = range(n_chunks)
     if progress and n_chunks > 1:

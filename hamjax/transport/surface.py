@@ -49,6 +49,7 @@ __all__ = [
     "dyson_residual",
     "fixed_point_residual",
     "surface_green",
+    "surface_green_pair",
 ]
 
 DEFAULT_MAX_ITERATIONS = 60
@@ -90,6 +91,40 @@ def _decimate(a00, a_out, a_in, max_iterations):
     return eps_s
 
 
+def _decimate_both(a00, a_out, a_in, max_iterations):
+    """:func:`_decimate` tracking both ends of the chain: returns ``(a00 - Sigma,
+    a00 - Sigma_bar)``, where ``Sigma_bar`` is the self-energy of the lead with ``a_out`` and
+    ``a_in`` exchanged (the same bulk extending the other way), at the cost of one subtraction
+    per step."""
+    b = a00.shape[-1]
+    scale = _max_abs(a00) + _max_abs(a_out) + _max_abs(a_in)
+
+    def cond(state):
+        k, _, _, _, alpha, beta = state
+        small = _max_abs(alpha) + _max_abs(beta) <= _DECIMATED * scale
+        return (k < max_iterations) & ~small
+
+    def body(state):
+        k, eps_s, eps_bar, eps, alpha, beta = state
+        g_ab = jnp.linalg.solve(eps, jnp.concatenate([alpha, beta], axis=-1))
+        alpha_g = matmul(alpha, g_ab)  # [alpha g alpha | alpha g beta]
+        beta_g = matmul(beta, g_ab)  # [beta g alpha | beta g beta]
+        agb = alpha_g[..., b:]
+        bga = beta_g[..., :b]
+        return (
+            k + 1,
+            eps_s - agb,
+            eps_bar - bga,
+            eps - agb - bga,
+            alpha_g[..., :b],
+            beta_g[..., b:],
+        )
+
+    state = (jnp.asarray(0), a00, a00, a00, a_out, a_in)
+    _, eps_s, eps_bar, _, _, _ = lax.while_loop(cond, body, state)
+    return eps_s, eps_bar
+
+
 def _stein(p, q, r, max_iterations):
     """Solve ``X - p X q = r`` by doubling: ``X = sum_k p^k r q^k``."""
     scale = _max_abs(r)
@@ -116,11 +151,10 @@ def surface_green(a00, a_out, a_in, max_iterations):
     return jnp.linalg.inv(eps_s)
 
 
-@surface_green.defjvp
-def _surface_jvp(max_iterations, primals, tangents):
+def _green_tangent(g, primals, tangents, max_iterations):
+    """Tangent ``dg`` of the fixed point ``g = (a00 - a_out g a_in)^-1`` (module note)."""
     a00, a_out, a_in = primals
     da00, da_out, da_in = tangents
-    g = surface_green(a00, a_out, a_in, max_iterations)
     ga_in = g @ a_in
     a_out_g = a_out @ g
     r = g @ (-da00 + da_out @ ga_in + a_out_g @ da_in) @ g
@@ -130,13 +164,43 @@ def _surface_jvp(max_iterations, primals, tangents):
     def matvec(x):
         return x - matmul(matmul(p, x), q)
 
-    dg = lax.custom_linear_solve(
+    return lax.custom_linear_solve(
         matvec,
         r,
         solve=lambda _, rhs: _stein(p, q, rhs, max_iterations),
         transpose_solve=lambda _, rhs: _stein(p.T, q.T, rhs, max_iterations),
     )
-    return g, dg
+
+
+@surface_green.defjvp
+def _surface_jvp(max_iterations, primals, tangents):
+    g = surface_green(*primals, max_iterations)
+    return g, _green_tangent(g, primals, tangents, max_iterations)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(6,))
+def surface_green_pair(a00_l, out_l, in_l, a00_r, out_r, in_r, max_iterations):
+    """Surface Green's functions ``(g_l, g_r)`` of a left and a right lead of the same bulk
+    material, from one decimation run.
+
+    Both leads are given as for :func:`surface_green`; they must be the same bulk, i.e.
+    ``(a00_l, out_l, in_l) == (a00_r, in_r, out_r)`` (the left lead couples outwards with the
+    right lead's way back). The primal values then come from one Lopez-Sancho run on the right
+    lead's blocks that tracks both ends of the chain (:func:`_decimate_both`), half the work of
+    two :func:`surface_green` calls. Tangents are taken per lead from its own blocks and
+    tangents, so derivatives with respect to the left and the right lead stay separate (a
+    perturbation of one lead alone is not assumed to move the other).
+    """
+    eps_r, eps_l = _decimate_both(a00_r, out_r, in_r, max_iterations)
+    return jnp.linalg.inv(eps_l), jnp.linalg.inv(eps_r)
+
+
+@surface_green_pair.defjvp
+def _surface_pair_jvp(max_iterations, primals, tangents):
+    g_l, g_r = surface_green_pair(*primals, max_iterations)
+    dg_l = _green_tangent(g_l, primals[:3], tangents[:3], max_iterations)
+    dg_r = _green_tangent(g_r, primals[3:], tangents[3:], max_iterations)
+    return (g_l, g_r), (dg_l, dg_r)
 
 
 def _as_complex(x) -> jax.Array:

@@ -29,7 +29,7 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 
 from hamjax.transport.linalg import matmul
-from hamjax.transport.surface import fixed_point_residual, surface_green
+from hamjax.transport.surface import fixed_point_residual, surface_green, surface_green_pair
 
 __all__ = [
     "DeviceBlocks",
@@ -38,6 +38,7 @@ __all__ = [
     "chunk_function",
     "compiled_chunk",
     "end_leads",
+    "identical_leads",
     "map_energies",
     "sweep",
 ]
@@ -83,30 +84,63 @@ def _lead_matrices(lead: LeadBlocks, z, side: str):
     return (a00, a01, a10) if side == "right" else (a00, a10, a01)
 
 
-def _self_energies(left: LeadBlocks, right: LeadBlocks, energy, eta, max_iterations):
+def identical_leads(left: LeadBlocks, right: LeadBlocks) -> jax.Array:
+    """Whether both leads are the same bulk material (every block and the padding equal), as
+    a traced boolean: then one decimation serves both (:func:`_self_energies`)."""
+    same = [jnp.array_equal(x, y) for x, y in zip(left, right, strict=True)]
+    return jnp.all(jnp.stack(same))
+
+
+def _separate_green(left: LeadBlocks, right: LeadBlocks, z, max_iterations):
+    out = []
+    for lead, side in ((left, "left"), (right, "right")):
+        out.append(surface_green(*_lead_matrices(lead, z, side), max_iterations))
+    return tuple(out)
+
+
+def _shared_green(left: LeadBlocks, right: LeadBlocks, z, max_iterations):
+    blocks = (*_lead_matrices(left, z, "left"), *_lead_matrices(right, z, "right"))
+    return surface_green_pair(*blocks, max_iterations)
+
+
+def _self_energies(left: LeadBlocks, right: LeadBlocks, energy, eta, max_iterations, shared):
     """Both leads' self-energies and Dyson residuals.
+
+    ``shared``: None for two decimations, else a boolean (traced or not) that the leads are
+    the same bulk (:func:`identical_leads`), in which case one decimation run gives both
+    surface Green's functions (:func:`hamjax.transport.surface.surface_green_pair`); the
+    choice is a :func:`jax.lax.cond`, so only the branch taken runs.
 
     Every LAPACK call here and in the sweep works on one matrix, never on a batch: XLA:CPU
     hands a batched LU or triangular solve to jaxlib's ``ParallelBatchMap``, which parks a
     worker of the intra-op pool until its sub-tasks finish; two such kernels running at
     once on a 2-core machine parked both workers and deadlocked the process (all threads
-    idle). Hence two separate decimations here and, on CPU, ``lax.map`` over the energies of
-    a chunk (:func:`map_energies`).
+    idle). Hence two separate decimations here (or one covering both leads) and, on CPU,
+    ``lax.map`` over the energies of a chunk (:func:`map_energies`).
     """
     z = energy + 1j * eta
+    if shared is None:
+        greens = _separate_green(left, right, z, max_iterations)
+    else:
+        greens = lax.cond(
+            shared,
+            lambda: _shared_green(left, right, z, max_iterations),
+            lambda: _separate_green(left, right, z, max_iterations),
+        )
     out = []
-    for lead, side in ((left, "left"), (right, "right")):
+    for lead, side, g in ((left, "left", greens[0]), (right, "right", greens[1])):
         a00, a_out, a_in = _lead_matrices(lead, z, side)
-        g = surface_green(a00, a_out, a_in, max_iterations)
         sigma = matmul(matmul(a_out, g), a_in)
         out.append((sigma, fixed_point_residual(g, a00, sigma)))
     (sigma_l, res_l), (sigma_r, res_r) = out
     return sigma_l, sigma_r, res_l, res_r
 
 
-def _transmission_one(blocks: DeviceBlocks, left, right, energy, eta, max_iterations):
+def _transmission_one(blocks: DeviceBlocks, left, right, energy, eta, max_iterations, shared):
     """T(E) and the two Dyson residuals at one energy (eV)."""
-    sigma_l, sigma_r, res_l, res_r = _self_energies(left, right, energy, eta, max_iterations)
+    sigma_l, sigma_r, res_l, res_r = _self_energies(
+        left, right, energy, eta, max_iterations, shared
+    )
     return sweep(blocks, sigma_l, sigma_r, energy), res_l, res_r
 
 
@@ -172,17 +206,23 @@ def map_energies(fn, energies, batched: bool):
     return jax.vmap(fn)(energies) if batched else lax.map(fn, energies)
 
 
-def chunk_function(max_iterations: int, devices: tuple):
+def chunk_function(max_iterations: int, devices: tuple, share_leads: bool = True):
     """``chunk(blocks, left, right, energies, eta) -> (T, residual_left, residual_right)``,
     each ``[n_E]``, over one chunk of energies (eV): both leads' self-energies by
-    decimation (at most ``max_iterations`` steps), then :func:`sweep`. Over several
-    ``devices`` the energies are sharded across them (``jax.shard_map``; the chunk length
-    must then be a multiple of their number). Traceable: :func:`jax.grad` goes through it."""
+    decimation (at most ``max_iterations`` steps), then :func:`sweep`. With ``share_leads``
+    one decimation per energy serves both leads when they are the same bulk
+    (:func:`identical_leads`, checked on the values at run time), else each lead has its
+    own. Over several ``devices`` the energies are sharded across them (``jax.shard_map``;
+    the chunk length must then be a multiple of their number). Traceable: :func:`jax.grad`
+    goes through it."""
     batched = batched_energies(devices)
 
     def chunk(blocks, left, right, energies, eta):
+        shared = identical_leads(left, right) if share_leads else None
         return map_energies(
-            lambda energy: _transmission_one(blocks, left, right, energy, eta, max_iterations),
+            lambda energy: _transmission_one(
+                blocks, left, right, energy, eta, max_iterations, shared
+            ),
             energies,
             batched,
         )
@@ -200,10 +240,10 @@ def chunk_function(max_iterations: int, devices: tuple):
 
 
 @functools.lru_cache(maxsize=32)
-def compiled_chunk(max_iterations: int, devices: tuple):
-    """:func:`chunk_function` under :func:`jax.jit`, cached per ``(max_iterations, devices)``
-    so that repeated calls of :func:`hamjax.transport.transmission` reuse the compilation."""
-    return jax.jit(chunk_function(max_iterations, devices))
+def compiled_chunk(max_iterations: int, devices: tuple, share_leads: bool = True):
+    """:func:`chunk_function` under :func:`jax.jit`, cached per its arguments so that
+    repeated calls of :func:`hamjax.transport.transmission` reuse the compilation."""
+    return jax.jit(chunk_function(max_iterations, devices, share_leads))
 
 
 # ----------------------------------------------------------------------------- leads
