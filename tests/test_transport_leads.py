@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_transport import random_device
 
 from hamjax.transport import sweep, transmission
 from hamjax.transport.surface import surface_green, surface_green_pair
@@ -18,20 +19,8 @@ ETA = 1e-6
 def device_with_identical_leads(seed, complex_=False):
     """Random Hermitian H and S on ``LAYERS`` whose first two and last two layers repeat one
     lead cell (onsite and cell-to-cell coupling), so both default leads are the same bulk."""
-    rng = np.random.default_rng(seed)
-    n = sum(LAYERS)
+    h, s = random_device(LAYERS, seed, complex_=complex_)
     off = np.concatenate([[0], np.cumsum(LAYERS)])
-    layer_of = np.repeat(np.arange(len(LAYERS)), LAYERS)
-    near = np.abs(layer_of[:, None] - layer_of[None, :]) <= 1
-
-    def herm(scale):
-        m = rng.normal(size=(n, n))
-        if complex_:
-            m = m + 1j * rng.normal(size=(n, n))
-        m = np.where(near, m, 0) * scale
-        return (m + m.conj().T) / 2
-
-    h, s = herm(1.0), np.eye(n) + herm(0.08)
     b, last = LAYERS[0], len(LAYERS) - 1
     for m in (h, s):
         cell, coupling = m[:b, :b].copy(), m[:b, b : 2 * b].copy()

@@ -8,6 +8,7 @@ import pytest
 from hamjax.basis import Basis
 from hamjax.blocks import BlockHamiltonian
 from hamjax.constants import HARTREE_EV
+from hamjax.transport import current
 from hamjax.vcm import (
     VCMConfig,
     atom_errors,
@@ -351,23 +352,8 @@ def test_experiment_end_to_end_is_consistent(tmp_path):
     )
 
     # the saved T(E) curves integrate to the table's currents
-    from hamjax.transport import current
-
     curves = json.loads((tmp_path / "transmission.json").read_text())["Filament 1"]
-    for which, key in (
-        ("reference", "current_ref_A"),
-        ("prediction", "current_pred_A"),
-        ("prediction_reference_leads", "current_pred_reference_leads_A"),
-    ):
-        curve = curves[which]
-        again = current(
-            np.asarray(curve["energies_eV"]),
-            np.asarray(curve["transmission"]),
-            config.bias_volt,
-            fermi_level=curve["fermi_level_eV"],
-            temperature=config.temperature_k,
-        )
-        assert float(again) == pytest.approx(row[key], rel=1e-12), which
+    assert_curves_give_currents(curves, row, config)
     assert len(curves["reference"]["lead_channels"]) == len(
         curves["reference"]["lead_channel_energies_eV"]
     )
@@ -561,7 +547,6 @@ def test_stages_on_a_tiny_device_are_consistent(tmp_path):
     jax.config.update("jax_enable_x64", True)
     from hamjax import vcm
     from hamjax.io import dataset
-    from hamjax.transport import current
 
     config = dataclasses.replace(
         vcm.demo_config(),
@@ -627,6 +612,11 @@ def test_stages_on_a_tiny_device_are_consistent(tmp_path):
 
     table = json.loads((tmp_path / "table.json").read_text())[0]
     curves = json.loads((tmp_path / "transmission.json").read_text())["Chain"]
+    assert_curves_give_currents(curves, table, config)
+
+
+def assert_curves_give_currents(curves, row, config):
+    """The saved T(E) curves of a device integrate to its table row's currents."""
     for which, key in (
         ("reference", "current_ref_A"),
         ("prediction", "current_pred_A"),
@@ -640,4 +630,4 @@ def test_stages_on_a_tiny_device_are_consistent(tmp_path):
             fermi_level=curve["fermi_level_eV"],
             temperature=config.temperature_k,
         )
-        assert float(again) == pytest.approx(table[key], rel=1e-12), which
+        assert float(again) == pytest.approx(row[key], rel=1e-12), which

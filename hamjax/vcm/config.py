@@ -233,14 +233,7 @@ def demo_config() -> VCMConfig:
     small model (lmax 2, 8 channels, 5 A cutoff) trained briefly on 12 A slices.
     """
     return VCMConfig(
-        device={
-            "transverse_cells": (1, 1),
-            "tin_left_cells": 6,
-            "tin_right_cells": 6,
-            "hfo2_thickness_angstrom": 8.0,
-            "ti_thickness_angstrom": 5.0,
-            "filament_radius_angstrom": 2.0,
-        },
+        device=dict(DEFAULT_DEVICE),  # the full run's devices, fewer of them
         model={"cutoff": 5.0, "max_ell": 2, "channels": 8, "heads": 2},
         train={
             "epochs": 30,
