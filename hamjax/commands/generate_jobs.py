@@ -182,19 +182,12 @@ def _device_jobs(group: DeviceGroup, where: str) -> list[Job]:
 
 
 def _file_jobs(item: StructureSource, base: Path | None) -> list[Job]:
-    import ase.io  # deferred: see _device_spec
+    from hamjax.io.files import read_structures  # deferred: ase, see _device_spec
 
     path = Path(item.path)
     if base is not None and not path.is_absolute() and not path.exists():
         path = base / path
-    if not path.is_file():
-        raise FileNotFoundError(f"structure file {path} does not exist")
-    try:
-        frames = ase.io.read(path, index=item.index, format=item.format)
-    except Exception as err:  # ase raises many types for malformed files
-        raise ValueError(f"cannot read structures from {path}: {err}") from None
-    if not isinstance(frames, list):
-        frames = [frames]
+    frames = read_structures(path, index=item.index, format=item.format)
     stem = item.name or path.stem
     jobs = []
     for k, atoms in enumerate(frames):

@@ -48,16 +48,9 @@ def read_structures(path: Path) -> list:
         from hamjax.io import dataset  # deferred: not needed by --help
 
         return [dataset.load(path)]
-    import ase.io  # deferred: not needed by --help
+    from hamjax.io.files import read_structures as read_frames  # deferred: ase, not for --help
 
-    try:
-        frames = ase.io.read(path, index=":")
-    except Exception as err:  # ase raises many types for unreadable files
-        raise ValueError(f"{path}: ase cannot read it ({err})") from None
-    frames = frames if isinstance(frames, list) else [frames]
-    if not frames:
-        raise ValueError(f"{path} holds no structure")
-    return frames
+    return read_frames(path)
 
 
 def run(args) -> int:

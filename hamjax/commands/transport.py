@@ -45,7 +45,6 @@ import json
 import math
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -113,12 +112,9 @@ def example_exact_transmission(energies: np.ndarray) -> np.ndarray:
 def _load(path: Path) -> dict[str, np.ndarray]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
-        # a truncated or damaged file: zipfile and numpy raise any of these
-        raise ValueError(f"{path}: not a readable .npz file ({err})") from err
+    from hamjax.io.files import read_npz  # deferred: hamjax.io loads ase, not for --help
+
+    arrays = read_npz(path, what="device file")  # a damaged file: an error naming it
     if "hamiltonian" not in arrays and "hamiltonians" not in arrays:
         raise ValueError(
             f"{path}: missing array 'hamiltonian' (or 'hamiltonians' and 'shifts' for image "
