@@ -13,14 +13,15 @@ import numpy as np
 import scipy.linalg
 
 from hamjax.kgrid import monkhorst_pack
+from hamjax.occupations import electron_count
 from hamjax.reference.images import FOLDING_TOLERANCE_HARTREE
 
 __all__ = [
     "check_image_record",
     "check_supercell_levels",
-    "electron_count",
     "grid_levels",
     "hermiticity_error",
+    "kgrid_electron_count",
 ]
 
 
@@ -40,15 +41,17 @@ def grid_levels(record, grid) -> list[np.ndarray]:
     return levels
 
 
-def electron_count(record, grid, fermi_level: float, kt: float) -> float:
-    """Electrons of the record's ``H(k)``, ``S(k)`` on a Gamma-centred ``grid`` (spin
-    degenerate) at ``fermi_level`` (Hartree) and Fermi-Dirac smearing ``kt`` (Hartree)."""
-    levels = grid_levels(record, grid)
-    total = 0.0
-    for e in levels:
-        x = (e - fermi_level) / kt if kt > 0 else np.sign(e - fermi_level) * np.inf
-        total += 2.0 * float(np.sum(0.5 * (1.0 - np.tanh(0.5 * x))))
-    return total / len(levels)
+def kgrid_electron_count(record, grid, fermi_level: float, kt: float) -> float:
+    """Electrons per cell of the record's ``H(k)``, ``S(k)`` on a Gamma-centred ``grid``
+    (spin degenerate) at ``fermi_level`` (Hartree) and Fermi-Dirac smearing ``kt`` (Hartree;
+    0: every level below ``fermi_level`` filled)."""
+    levels = np.concatenate(grid_levels(record, grid))
+    weight = 1.0 / int(np.prod(grid))
+    if kt <= 0:
+        return (
+            2.0 * weight * float(np.sum(levels < fermi_level) + 0.5 * np.sum(levels == fermi_level))
+        )
+    return electron_count(levels, weight, fermi_level, kt)
 
 
 def check_image_record(
@@ -79,7 +82,7 @@ def check_image_record(
         "hermiticity_hartree": hermiticity_error(record),
     }
     if n_electrons is not None:
-        count = electron_count(record, kgrid, record.fermi_level, kt)
+        count = kgrid_electron_count(record, kgrid, record.fermi_level, kt)
         checks["electron_count"] = count
         checks["electron_count_error"] = abs(count - n_electrons)
     name = record.metadata.get("name") if record.metadata else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from hamjax.blocks import BlockHamiltonian
-from hamjax.reference.checks import check_image_record, electron_count
+from hamjax.reference.checks import check_image_record, kgrid_electron_count
 from hamjax.reference.images import unfold_gfn1
 
 __all__ = ["image_record"]
@@ -74,7 +74,9 @@ def image_record(atoms, result, basis, perm, signs, fermi, used, settings, metad
     if settings.kgrid_electron_count is not None and not core:
         grid = settings.kgrid_electron_count
         checks["electron_count_kgrid"] = list(grid)
-        checks["electron_count_on_kgrid"] = electron_count(record, grid, fermi["fermi_level"], kt)
+        checks["electron_count_on_kgrid"] = kgrid_electron_count(
+            record, grid, fermi["fermi_level"], kt
+        )
     metadata.update(
         image_resolved=True,
         interaction_range_angstrom=diagnostics["cutoff_angstrom"],
