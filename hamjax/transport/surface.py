@@ -65,37 +65,13 @@ def _max_abs(x: jax.Array) -> jax.Array:
     return jnp.max(jnp.abs(x), axis=(-2, -1))
 
 
-def _decimate(a00, a_out, a_in, max_iterations):
-    """Lopez-Sancho decimation; returns the inverse surface Green's function ``a00 - Sigma``."""
-    b = a00.shape[-1]
-    scale = _max_abs(a00) + _max_abs(a_out) + _max_abs(a_in)
-
-    def cond(state):
-        k, _, _, alpha, beta = state
-        small = _max_abs(alpha) + _max_abs(beta) <= _DECIMATED * scale
-        return (k < max_iterations) & ~small
-
-    def body(state):
-        k, eps_s, eps, alpha, beta = state
-        # One LU, both right-hand sides: [g alpha, g beta] with g = eps^-1.
-        g_ab = jnp.linalg.solve(eps, jnp.concatenate([alpha, beta], axis=-1))
-        # Two wide products instead of four square ones.
-        alpha_g = matmul(alpha, g_ab)  # [alpha g alpha | alpha g beta]
-        beta_g = matmul(beta, g_ab)  # [beta g alpha | beta g beta]
-        agb = alpha_g[..., b:]
-        bga = beta_g[..., :b]
-        return (k + 1, eps_s - agb, eps - agb - bga, alpha_g[..., :b], beta_g[..., b:])
-
-    state = (jnp.asarray(0), a00, a00, a_out, a_in)
-    _, eps_s, _, _, _ = lax.while_loop(cond, body, state)
-    return eps_s
-
-
 def _decimate_both(a00, a_out, a_in, max_iterations):
-    """:func:`_decimate` tracking both ends of the chain: returns ``(a00 - Sigma,
-    a00 - Sigma_bar)``, where ``Sigma_bar`` is the self-energy of the lead with ``a_out`` and
-    ``a_in`` exchanged (the same bulk extending the other way), at the cost of one subtraction
-    per step."""
+    """Lopez-Sancho decimation tracking both ends of the chain.
+
+    Returns ``(a00 - Sigma, a00 - Sigma_bar)``: the inverse surface Green's function of the
+    lead, and that of the lead with ``a_out`` and ``a_in`` exchanged (the same bulk extending
+    the other way), which costs one more subtraction per step.
+    """
     b = a00.shape[-1]
     scale = _max_abs(a00) + _max_abs(a_out) + _max_abs(a_in)
 
@@ -106,7 +82,9 @@ def _decimate_both(a00, a_out, a_in, max_iterations):
 
     def body(state):
         k, eps_s, eps_bar, eps, alpha, beta = state
+        # One LU, both right-hand sides: [g alpha, g beta] with g = eps^-1.
         g_ab = jnp.linalg.solve(eps, jnp.concatenate([alpha, beta], axis=-1))
+        # Two wide products instead of four square ones.
         alpha_g = matmul(alpha, g_ab)  # [alpha g alpha | alpha g beta]
         beta_g = matmul(beta, g_ab)  # [beta g alpha | beta g beta]
         agb = alpha_g[..., b:]
@@ -147,7 +125,7 @@ def surface_green(a00, a_out, a_in, max_iterations):
     """Surface Green's function ``g = (a00 - a_out g a_in)^-1`` of a lead from its blocks
     of ``A = z S - H`` at one complex energy (module note): Lopez-Sancho decimation of at
     most ``max_iterations`` steps, differentiated implicitly (forward and reverse mode)."""
-    eps_s = _decimate(a00, a_out, a_in, max_iterations)
+    eps_s, _ = _decimate_both(a00, a_out, a_in, max_iterations)
     return jnp.linalg.inv(eps_s)
 
 
