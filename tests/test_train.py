@@ -668,3 +668,20 @@ def test_init_from_starts_at_the_saved_model(trained, tiny_records, tmp_path):
     other = dataclasses.replace(finetune, model=small_model_config(channels=4))
     with pytest.raises(ValueError, match="channels"):
         train.train(other, tmp_path / "other", echo=None)
+
+
+def test_steps_replace_epochs_and_the_schedule_spans_them(tiny_records, tmp_path):
+    paths = _write_dataset(tiny_records, tmp_path / "data")
+    config = _tiny_config(paths, epochs=1000, steps=3, warmup_steps=0, checkpoint_every_epochs=1)
+    train.train(config, tmp_path / "run", echo=None)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    per_epoch = log[0]["step"]
+    assert len(log) == -(-3 // per_epoch)  # whole epochs, the first to reach 3 steps
+    assert 3 <= log[-1]["step"] < 3 + per_epoch
+    # one cosine over exactly those steps: the logged rate is the one of the last step taken
+    total = log[-1]["step"]
+    lr0, lr1 = config.learning_rate, config.final_learning_rate
+    expected = lr1 + (lr0 - lr1) * (1 + np.cos(np.pi * (total - 1) / total)) / 2
+    assert log[-1]["learning_rate"] == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(ValueError, match="steps"):
+        dataclasses.replace(config, steps=0)

@@ -141,10 +141,12 @@ class TrainConfig:
             constant (see the module docstring).
         data_parallel: split each step over all local devices.
         progress: show tqdm progress bars.
-        init_from: a model folder written by :func:`train` whose best parameters start this
-            run (fine-tuning on new data, or a new schedule after an unfinished one); the
-            optimiser and schedule start fresh. Its model must equal this run's (the dtype
-            may differ).
+        steps: optimiser steps to train instead of ``epochs`` epochs (rounded up to whole
+            epochs; the schedule spans them), e.g. a short fine-tuning; None: ``epochs``.
+        init_from: a model folder written by :func:`train`, or a shipped model's name
+            (:mod:`hamjax.pretrained`), whose best parameters start this run (fine-tuning on
+            new data, or a new schedule after an unfinished one); the optimiser and schedule
+            start fresh. Its model must equal this run's (the dtype may differ).
     """
 
     model: Any = field(default=None, metadata={"from_json": model_from_json})
@@ -174,6 +176,7 @@ class TrainConfig:
     data_parallel: bool = True
     progress: bool = True
     init_from: str | None = None
+    steps: int | None = None
 
     def __post_init__(self):
         if self.model is None:
@@ -193,6 +196,8 @@ class TrainConfig:
         for name in ("epochs", "max_graphs_per_batch", "checkpoint_every_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"config key {name!r} must be at least 1")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError("config key 'steps' must be at least 1 or null")
         if self.padding_growth <= 1.0:
             raise ValueError("config key 'padding_growth' must be above 1")
         if self.learning_rate <= 0 or self.final_learning_rate < 0:

@@ -299,7 +299,8 @@ def train(
     val_batches = make_batches(val_records, config) if val_records else train_batches
     placement = Placement(config.data_parallel)
     steps_per_epoch = len(stack_for_devices(train_batches, placement.n_shard))
-    total_steps = steps_per_epoch * config.epochs
+    epochs = config.epochs if config.steps is None else -(-config.steps // steps_per_epoch)
+    total_steps = steps_per_epoch * epochs
     optimizer, schedule = make_optimizer(config, total_steps, steps_per_epoch)
 
     dtype = jnp.dtype(config.model.dtype)
@@ -342,7 +343,7 @@ def train(
     train_step = make_train_step(model, config, optimizer)
     eval_step = make_eval_step(model, config)
     record = history[-1] if history else {}
-    for epoch in range(start_epoch + 1, config.epochs + 1):
+    for epoch in range(start_epoch + 1, epochs + 1):
         start = time.perf_counter()
         groups = stack_for_devices(
             train_batches, placement.n_shard, np.random.default_rng([config.seed, epoch])
@@ -350,7 +351,7 @@ def train(
         sums = []
         bar = tqdm(
             groups,
-            desc=f"epoch {epoch}/{config.epochs}",
+            desc=f"epoch {epoch}/{epochs}",
             leave=False,
             disable=not config.progress,
             unit="step",
@@ -363,7 +364,7 @@ def train(
         val_metrics = evaluate_batches(eval_step, state.params, val_batches, placement)
         step = int(state.step)
         metric = val_metrics["total_mae_meV"]
-        save = epoch % config.checkpoint_every_epochs == 0 or epoch == config.epochs
+        save = epoch % config.checkpoint_every_epochs == 0 or epoch == epochs
         if save and metric < best_metric:
             best_metric, best_step = metric, step
         record = {
