@@ -7,11 +7,21 @@ to OUT_STEM-<k>.npz next to it. --cp2k PREFIX also writes the CP2K CSR files
 (PREFIX-KS_SPIN_1-1_0.csr ...; PREFIX-<k> for several frames). --slices exact predicts by
 exact slices of --slice-width Angstrom (equal to full-graph inference, for structures too
 large for one pass).
+
+Streamed and distributed (one structure, --slices exact): --stream predicts tile by tile and
+appends the blocks to part files (--parts, default OUT.parts) that are merged into --out
+(and --cp2k) without holding the whole matrix; --tile-widths WX WY WZ cuts along several
+lattice vectors (0 = not cut). --processes N runs N processes on this machine (127.0.0.1, a
+free port); on a cluster every rank runs the same command with --num-processes,
+--process-id and --coordinator HOST:PORT (or HAMJAX_NUM_PROCESSES, HAMJAX_PROCESS_ID,
+HAMJAX_COORDINATOR; or --cluster slurm under srun) and a --parts folder all ranks can reach.
+Process 0 merges and prints the summary (docs/distributed.md).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -36,8 +46,46 @@ def add_arguments(parser) -> None:
         "--checkpoint", choices=("best", "latest"), default="best", help="which checkpoint"
     )
     parser.add_argument(
-        "--batch", type=int, default=8, help="structures (or slices) per padded batch"
+        "--batch",
+        type=int,
+        default=None,
+        help="structures (or slices) per padded batch (default 8; streamed: 1 tile)",
     )
+    group = parser.add_argument_group("streamed and distributed prediction (--slices exact)")
+    group.add_argument(
+        "--stream", action="store_true", help="predict tile by tile into part files, then merge"
+    )
+    group.add_argument(
+        "--parts", type=Path, default=None, help="folder of the part files (default OUT.parts)"
+    )
+    group.add_argument(
+        "--keep-parts", action="store_true", help="keep the part files after the merge"
+    )
+    group.add_argument(
+        "--tile-widths",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("WX", "WY", "WZ"),
+        help="tile width per lattice vector, Angstrom (0: not cut); default --slice-width "
+        "along --slice-axis",
+    )
+    group.add_argument(
+        "--deal",
+        choices=("balanced", "round-robin"),
+        default="balanced",
+        help="how tiles are dealt to processes",
+    )
+    group.add_argument(
+        "--processes", type=int, default=None, help="run N processes on this machine"
+    )
+    group.add_argument("--num-processes", type=int, default=None, help="cluster: process count")
+    group.add_argument("--process-id", type=int, default=None, help="cluster: this process")
+    group.add_argument("--coordinator", default=None, help="cluster: HOST:PORT of process 0")
+    group.add_argument(
+        "--cluster", choices=("slurm",), default=None, help="read the process layout from SLURM"
+    )
+    group.add_argument("--cp2k-binary", action="store_true", help="binary CP2K CSR files")
 
 
 def read_structures(path: Path) -> list:
@@ -53,7 +101,124 @@ def read_structures(path: Path) -> list:
     return read_frames(path)
 
 
+def _streamed_options(args) -> bool:
+    """Whether the streamed (parts) route is asked for; raises for inconsistent options."""
+    from hamjax.distributed import process_env  # deferred: not needed by --help
+
+    args.process_env = process_env(
+        coordinator=args.coordinator,
+        num_processes=args.num_processes,
+        process_id=args.process_id,
+        cluster=args.cluster,
+    )
+    streamed = bool(
+        args.stream or args.parts or args.processes is not None or args.tile_widths is not None
+    )
+    streamed = streamed or args.process_env is not None
+    if streamed and args.slices != "exact":
+        raise ValueError(
+            "--stream, --parts, --tile-widths and several processes predict by exact slices: "
+            "add --slices exact"
+        )
+    if args.processes is not None and args.processes < 1:
+        raise ValueError(f"--processes must be >= 1, got {args.processes}")
+    if args.processes is not None and args.process_env is not None:
+        raise ValueError(
+            "--processes launches its own processes; it does not go with --num-processes, "
+            "--process-id, --cluster or HAMJAX_NUM_PROCESSES"
+        )
+    return streamed
+
+
+def _child_arguments(args) -> list[str]:
+    """The command line every rank of a local launch runs (--processes left out)."""
+    out = ["predict", "--model", str(args.model), "--structure", str(args.structure)]
+    out += ["--out", str(args.out), "--slices", "exact"]
+    out += ["--slice-width", repr(args.slice_width), "--slice-axis", str(args.slice_axis)]
+    out += ["--checkpoint", args.checkpoint, "--deal", args.deal, "--stream"]
+    if args.cp2k:
+        out += ["--cp2k", str(args.cp2k)]
+    if args.batch is not None:
+        out += ["--batch", str(args.batch)]
+    if args.parts is not None:
+        out += ["--parts", str(args.parts)]
+    if args.tile_widths is not None:
+        out += ["--tile-widths", *map(repr, args.tile_widths)]
+    out += ["--keep-parts"] * args.keep_parts + ["--cp2k-binary"] * args.cp2k_binary
+    return out
+
+
+def _run_streamed(args) -> int:
+    import shutil
+
+    from hamjax import distributed
+    from hamjax.inference import Predictor
+
+    env = args.process_env or distributed.ProcessEnv()
+    distributed.initialize(env)  # before the model touches a device
+    structures = read_structures(args.structure)
+    if len(structures) != 1:
+        raise ValueError(
+            f"{args.structure}: {len(structures)} frames; streamed and distributed prediction "
+            "take one structure"
+        )
+    predictor = Predictor.load(args.model, args.checkpoint)
+    widths = args.tile_widths
+    if widths is None:
+        widths = [0.0, 0.0, 0.0]
+        widths[args.slice_axis] = args.slice_width
+    parts = args.parts or args.out.with_name(args.out.name + ".parts")
+
+    def progress(line: str) -> None:
+        print(f"hamjax predict: {line}", file=sys.stderr, flush=True)
+
+    start = time.perf_counter()
+    result = distributed.predict_streamed(
+        predictor,
+        structures[0],
+        parts,
+        widths=widths,
+        env=env,
+        out=args.out,
+        cp2k=args.cp2k,
+        cp2k_binary=args.cp2k_binary,
+        deal=args.deal,
+        tiles_per_batch=args.batch or 1,
+        progress=progress,
+    )
+    if env.process_id != 0:
+        return 0
+    if not args.keep_parts:
+        shutil.rmtree(parts)
+    ranks = result["ranks"]
+    summary = {
+        "structures": 1,
+        "atoms": result["atoms"],
+        "blocks": result["blocks"],
+        "seconds": round(time.perf_counter() - start, 3),
+        "compilations": int(sum(r["compilations"] for r in ranks)),
+        "written": result["written"],
+        "processes": env.num_processes,
+        "tiles": int(sum(r["tiles"] for r in ranks)),
+        "merge_seconds": result["merge_seconds"],
+        "peak_rss_mib": [r["peak_rss_mib"] for r in ranks],
+    }
+    if args.keep_parts:
+        summary["parts"] = str(parts)
+    print(json.dumps(summary))
+    return 0
+
+
 def run(args) -> int:
+    if _streamed_options(args):
+        if args.processes is not None:
+            from hamjax.distributed import launch_local
+
+            if not args.structure.is_file():
+                raise FileNotFoundError(f"structure file {args.structure} does not exist")
+
+            return launch_local(_child_arguments(args), args.processes)
+        return _run_streamed(args)
     # deferred: JAX and the model, not needed by --help
     from hamjax.inference import Predictor
     from hamjax.io import dataset
@@ -66,7 +231,7 @@ def run(args) -> int:
         slices=args.slices,
         slice_width_angstrom=args.slice_width,
         slice_axis=args.slice_axis,
-        max_graphs_per_batch=args.batch,
+        max_graphs_per_batch=args.batch or 8,
     )
     elapsed = time.perf_counter() - start
     written = []
@@ -79,7 +244,7 @@ def run(args) -> int:
             from hamjax.io import write_cp2k  # deferred: only with --cp2k
 
             prefix = args.cp2k if len(records) == 1 else f"{args.cp2k}-{k}"
-            written.extend(str(p) for p in write_cp2k(record, prefix))
+            written.extend(str(p) for p in write_cp2k(record, prefix, binary=args.cp2k_binary))
     summary = {
         "structures": len(records),
         "atoms": int(sum(len(r.numbers) for r in records)),
