@@ -44,7 +44,7 @@ import numpy as np
 
 from hamjax import batching
 from hamjax.folding import is_gamma_only
-from hamjax.io.parts import Parts, PartWriter, prepare_folder, write_record
+from hamjax.io.parts import Parts, PartWriter, prepare_folder, rank_summaries, write_record
 from hamjax.io.parts_cp2k import write_cp2k_parts
 from hamjax.tiles import Structure, Tiling, build_tile, labelled_blocks, normalize_widths
 
@@ -270,6 +270,7 @@ def predict_parts(
     tiles_per_batch: int = 1,
     growth: float = 1.25,
     time_compile: bool = False,
+    max_tiles: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Predict this process's tiles and append their blocks to its part files.
@@ -287,6 +288,9 @@ def predict_parts(
         growth: padding ladder ratio (:func:`hamjax.batching.batch_graphs`).
         time_compile: run each newly compiled shape a second time to split compile time from
             steady state (costs one more forward pass per shape).
+        max_tiles: predict only this rank's first ``max_tiles`` tiles (a partial run, to
+            measure time and memory per tile on a structure too large to finish; its parts
+            cannot be merged).
         progress: callable taking a line of text (e.g. ``print`` to stderr).
 
     Returns:
@@ -304,6 +308,9 @@ def predict_parts(
     tiling = Tiling(structure, widths, cutoff=config.cutoff, n_layers=config.n_layers)
     plans = tiling.plans()
     mine = [plans[k] for k in deal_tiles([p.cost for p in plans], n_ranks, deal)[rank]]
+    tiles_mine = len(mine)
+    mine = mine[:max_tiles] if max_tiles is not None else mine
+    plan_seconds = time.perf_counter() - start
     counts = config.basis.orbital_counts(tiling.structure.numbers)
     writer = PartWriter(
         folder,
@@ -374,7 +381,9 @@ def predict_parts(
         "rank": rank,
         "processes": n_ranks,
         "tiles": len(mine),
+        "tiles_dealt": tiles_mine,
         "tiles_all": len(plans),
+        "plan_seconds": round(plan_seconds, 3),
         **totals,
         "largest_tile": largest,
         "compilations": new_shapes,
@@ -409,6 +418,7 @@ def predict_streamed(
     growth: float = 1.25,
     time_compile: bool = False,
     metadata: dict | None = None,
+    max_tiles: int | None = None,
     progress: Callable[[str], None] | None = None,
     shutdown_after: bool = True,
 ) -> dict:
@@ -421,10 +431,15 @@ def predict_streamed(
     :func:`hamjax.io.parts.write_record`) and the CP2K files with prefix ``cp2k``
     (:func:`hamjax.io.parts_cp2k.write_cp2k_parts`), if given.
 
+    ``max_tiles`` makes a partial run (:func:`predict_parts`): nothing is merged.
+
     Returns:
         On process 0: ``{"ranks": [summary per rank], "written": [...], "merge_seconds":
-        ..., "blocks": ..., "atoms": ...}``; on the others their own summary.
+        ..., "blocks": ..., "atoms": ...}`` (a partial run: ``{"ranks": ...}``); on the
+        others their own summary.
     """
+    if max_tiles is not None and (out is not None or cp2k is not None):
+        raise ValueError("a partial run (max_tiles) writes parts only: no out or cp2k")
     env = env or ProcessEnv()
     widths = normalize_widths(widths)
     geometry = Structure.of(structure)
@@ -468,6 +483,7 @@ def predict_streamed(
         tiles_per_batch=tiles_per_batch,
         growth=growth,
         time_compile=time_compile,
+        max_tiles=max_tiles,
         progress=progress,
     )
     barrier("hamjax-parts-done")
@@ -475,6 +491,8 @@ def predict_streamed(
         shutdown()
     if env.process_id != 0:
         return summary
+    if max_tiles is not None:
+        return {"ranks": rank_summaries(folder), "partial": True}
     start = time.perf_counter()
     parts = Parts(folder)
     written = []

@@ -226,6 +226,12 @@ def test_unfinished_or_damaged_parts_are_named(predictor, tmp_path):
         Parts(folder)
     with pytest.raises(FileNotFoundError, match="not a parts folder"):
         Parts(tmp_path)
+    partial = distributed.predict_streamed(
+        predictor, water_chain(4, 2), tmp_path / "partial", widths={0: 4.0}, max_tiles=1
+    )
+    assert partial["partial"] and partial["ranks"][0]["tiles"] == 1
+    with pytest.raises(ValueError, match="predicted by no rank"):
+        Parts(tmp_path / "partial")
 
 
 # ------------------------------------------------------------------- two processes

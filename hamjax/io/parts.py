@@ -52,6 +52,7 @@ __all__ = [
     "Parts",
     "load_record",
     "prepare_folder",
+    "rank_summaries",
     "write_npz",
     "write_record",
 ]
@@ -271,12 +272,13 @@ class Parts:
             if manifest.get("run") != self.run["run"]:
                 raise ValueError(f"{manifest_path}: written by another run than run.json's")
             self.manifests.append(manifest)
-            self.keys.append(self._map(stem, "keys", np.int64, (manifest["blocks"], 5)))
+            self.keys.append(self._check(stem, "keys", np.int64, (manifest["blocks"], 5)))
             dtype = np.dtype(manifest["value_dtype"])
-            self.values.append(self._map(stem, "values", dtype, (manifest["values"],)))
+            self.values.append(self._check(stem, "values", dtype, (manifest["values"],)))
             if self.has_overlap:
-                self.overlap.append(self._map(stem, "overlap", np.float64, (manifest["values"],)))
-            atoms = np.asarray(self._map(stem, "atoms", np.int64, (manifest["atoms"], 5)))
+                self.overlap.append(self._check(stem, "overlap", np.float64, (manifest["values"],)))
+            atoms = self._open(self._check(stem, "atoms", np.int64, (manifest["atoms"], 5)))
+            atoms = np.array(atoms)
             twice = atoms[owner[atoms[:, 0]] >= 0, 0] if len(atoms) else atoms[:, 0]
             if len(twice):
                 raise ValueError(
@@ -300,7 +302,9 @@ class Parts:
         self.n_values = int(self.value_count.sum())
         self.shifts = sorted({tuple(s) for m in self.manifests for s in m["shifts"]})
 
-    def _map(self, stem: Path, suffix: str, dtype, shape) -> np.ndarray:
+    @staticmethod
+    def _check(stem: Path, suffix: str, dtype, shape) -> tuple:
+        """``(path, dtype, shape)`` of a part file whose size its manifest confirms."""
         path = Path(f"{stem}.{suffix}")
         expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
         size = path.stat().st_size if path.is_file() else -1
@@ -308,9 +312,16 @@ class Parts:
             raise ValueError(
                 f"{path}: {size} bytes, its rank's manifest says {expected} (truncated or missing)"
             )
-        if expected == 0:
+        return path, np.dtype(dtype), tuple(int(n) for n in shape)
+
+    @staticmethod
+    def _open(spec: tuple) -> np.ndarray:
+        """A read-only memory map of a part file (mapped per use: the pages read leave the
+        process's resident memory when the map is dropped)."""
+        path, dtype, shape = spec
+        if int(np.prod(shape)) == 0:
             return np.zeros(shape, dtype=dtype)
-        return np.memmap(path, dtype=dtype, mode="r", shape=tuple(shape))
+        return np.memmap(path, dtype=dtype, mode="r", shape=shape)
 
     @property
     def n_atoms(self) -> int:
@@ -345,14 +356,14 @@ class Parts:
             mine = owner == rank
             if "keys" in out:
                 dst = _ranges(block_dst[:-1][mine], bc[mine])
-                out["keys"][dst] = self.keys[rank][_ranges(bs[mine], bc[mine])]
+                out["keys"][dst] = self._open(self.keys[rank])[_ranges(bs[mine], bc[mine])]
             src = dst = None
             for name, arrays in (("values", self.values), ("overlap", self.overlap)):
                 if name in out:
                     if src is None:
                         src = _ranges(vs[mine], vc[mine])
                         dst = _ranges(value_dst[:-1][mine], vc[mine])
-                    out[name][dst] = arrays[rank][src]
+                    out[name][dst] = self._open(arrays[rank])[src]
         return out
 
     def chunk_record(self, a: int, b: int) -> BlockHamiltonian:
@@ -379,6 +390,13 @@ class Parts:
     def summaries(self) -> list[dict]:
         """Every rank's summary (timings, memory), in rank order."""
         return [m.get("summary", {}) for m in self.manifests]
+
+
+def rank_summaries(folder: str | os.PathLike) -> list[dict]:
+    """The summaries of the ranks that have finished (their ``rank-<r>.json``), rank order;
+    no checks (a partial run's too)."""
+    paths = sorted(Path(folder).glob("rank-*.json"))
+    return [json.loads(p.read_text()).get("summary", {}) for p in paths]
 
 
 def load_record(folder: str | os.PathLike) -> BlockHamiltonian:
