@@ -7,6 +7,10 @@ Usage (every stage is resumable; rerun to continue)::
     python experiments/vcm.py train      experiments/vcm_default.json --out runs/vcm
     python experiments/vcm.py evaluate   experiments/vcm_default.json --out runs/vcm
 
+    # the test table of a shipped model (its test devices' references, no training)
+    python experiments/vcm.py evaluate experiments/vcm_pretrained.json --model vcm-gfn1 \
+        --out runs/vcm_gfn1
+
 The stages can run on different machines that share the output folder: references with
 tblite on CPU cores, training on a GPU, the evaluation (predictions, MAE table, T(E) and
 currents, sensitivity maps) anywhere. The config's keys are the fields of
@@ -21,6 +25,7 @@ on :func:`hamjax.vcm.demo_config`. Outputs: see :mod:`hamjax.vcm`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -38,6 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("stage", choices=sorted(STAGES))
     parser.add_argument("config", type=Path, help="VCM config (JSON, keys of VCMConfig)")
     parser.add_argument("--out", type=Path, required=True, help="run folder")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="predict the test devices with this shipped model or model folder (no training)",
+    )
+    parser.add_argument(
+        "--until-epoch",
+        type=int,
+        default=None,
+        help="stop training after this epoch (a sitting; the next run resumes there)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
@@ -47,9 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     from hamjax import vcm
 
     config = vcm.load_config(args.config)
+    if args.model is not None:
+        config = dataclasses.replace(config, pretrained_model=args.model)
     echo = (lambda _: None) if args.quiet else print
     summary = vcm.run_experiment(
-        config, args.out, progress=not args.quiet, echo=echo, stages=STAGES[args.stage]
+        config,
+        args.out,
+        progress=not args.quiet,
+        echo=echo,
+        stages=STAGES[args.stage],
+        until_epoch=args.until_epoch,
     )
     if summary is not None:
         print((args.out / "table.md").read_text())

@@ -685,3 +685,24 @@ def test_steps_replace_epochs_and_the_schedule_spans_them(tiny_records, tmp_path
     assert log[-1]["learning_rate"] == pytest.approx(expected, rel=1e-9)
     with pytest.raises(ValueError, match="steps"):
         dataclasses.replace(config, steps=0)
+
+
+def test_training_in_sittings_equals_one_run(tiny_records, tmp_path):
+    # stopped after epoch 2 and resumed, the run logs the same epochs as a run straight to 4
+    paths = _write_dataset(tiny_records, tmp_path / "data")
+    config = _tiny_config(paths, epochs=4, checkpoint_every_epochs=3)
+    train.train(config, tmp_path / "straight", echo=None)
+    train.train(config, tmp_path / "sittings", echo=None, until_epoch=2)
+    first = (tmp_path / "sittings" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in first] == [1, 2]
+    train.train(config, tmp_path / "sittings", echo=None)
+    straight, sittings = (
+        [json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+        for run in ("straight", "sittings")
+    )
+    assert [r["epoch"] for r in sittings] == [1, 2, 3, 4]
+    for a, b in zip(straight, sittings, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-9)
+        assert b["validation_total_mae_meV"] == pytest.approx(
+            a["validation_total_mae_meV"], rel=1e-9
+        )

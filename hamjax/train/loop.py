@@ -267,6 +267,7 @@ def train(
     records: tuple[list, list] | None = None,
     echo: Callable[[str], None] | None = print,
     return_state: bool = False,
+    until_epoch: int | None = None,
 ):
     """Train (or resume training) a model; write checkpoints and ``log.jsonl`` to ``out_dir``.
 
@@ -278,6 +279,8 @@ def train(
             the ``data`` files of the config.
         echo: where one line per epoch goes (None: silent).
         return_state: also return the final :class:`TrainState` (host arrays).
+        until_epoch: stop after this epoch, its checkpoint written (training in sittings:
+            a later call with the same config resumes there); None runs to the last epoch.
 
     Returns:
         The last epoch's log record (see ``log.jsonl``), or the restored one when nothing
@@ -343,7 +346,8 @@ def train(
     train_step = make_train_step(model, config, optimizer)
     eval_step = make_eval_step(model, config)
     record = history[-1] if history else {}
-    for epoch in range(start_epoch + 1, epochs + 1):
+    last = epochs if until_epoch is None else min(epochs, until_epoch)
+    for epoch in range(start_epoch + 1, last + 1):
         start = time.perf_counter()
         groups = stack_for_devices(
             train_batches, placement.n_shard, np.random.default_rng([config.seed, epoch])
@@ -364,7 +368,7 @@ def train(
         val_metrics = evaluate_batches(eval_step, state.params, val_batches, placement)
         step = int(state.step)
         metric = val_metrics["total_mae_meV"]
-        save = epoch % config.checkpoint_every_epochs == 0 or epoch == epochs
+        save = epoch % config.checkpoint_every_epochs == 0 or epoch in (epochs, last)
         if save and metric < best_metric:
             best_metric, best_step = metric, step
         record = {
