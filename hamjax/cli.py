@@ -34,6 +34,7 @@ SUBCOMMANDS = {
     "train": "hamjax.commands.train",
     "predict": "hamjax.commands.predict",
     "evaluate": "hamjax.commands.evaluate",
+    "models": "hamjax.commands.models",
 }
 
 

@@ -137,11 +137,12 @@ class Predictor:
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, which: str = "best") -> Predictor:
-        """From a folder written by :func:`hamjax.train.train` (with the cells its training
-        set folds, for :meth:`check_cells`, where the folder records them).
+        """From a folder written by :func:`hamjax.train.train` or a shipped model's name
+        (:mod:`hamjax.pretrained`: ``Predictor.load("vcm-gfn1")``), with the cells its
+        training set folds, for :meth:`check_cells`, where the folder records them.
 
         Raises:
-            FileNotFoundError: not a model folder.
+            FileNotFoundError: neither a model folder nor a shipped model's name.
             hamjax.io.model_folder.ModelFolderError: a truncated or corrupt checkpoint.
         """
         saved = model_folder.read_checkpoint(model_dir, which)

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hamjax.pretrained import resolve
+
 __all__ = [
     "CHECKPOINTS_DIR",
     "CONFIG_FILE",
@@ -146,7 +148,8 @@ def read_checkpoint(model_dir: str | os.PathLike, which: str = "best") -> SavedM
     """The best or latest checkpoint of a model folder (read-only).
 
     Args:
-        model_dir: folder with ``checkpoints/`` written by ``hamjax train``.
+        model_dir: folder with ``checkpoints/`` written by ``hamjax train``, or the name of a
+            model shipped with hamjax (:mod:`hamjax.pretrained`, e.g. ``"vcm-gfn1"``).
         which: "best" (lowest validation total MAE among the kept checkpoints) or "latest".
 
     Raises:
@@ -158,7 +161,7 @@ def read_checkpoint(model_dir: str | os.PathLike, which: str = "best") -> SavedM
 
     if which not in ("best", "latest"):
         raise ValueError(f"which={which!r}: choose 'best' or 'latest'")
-    folder = Path(model_dir)
+    folder = resolve(model_dir)
     directory = folder / CHECKPOINTS_DIR
     if not directory.is_dir():
         raise FileNotFoundError(f"{folder} has no {CHECKPOINTS_DIR}/ folder (not a model folder)")
@@ -211,7 +214,7 @@ def read_folded_cells(model_dir: str | os.PathLike) -> list[tuple[float, ...]]:
     Raises:
         ModelFolderError: the file exists but is not the JSON that training writes.
     """
-    path = Path(model_dir) / FOLDED_CELLS_FILE
+    path = resolve(model_dir) / FOLDED_CELLS_FILE
     if not path.exists():
         return []
     try:

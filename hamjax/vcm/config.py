@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from hamjax.config import from_dict, read_json_object
+from hamjax.io.model_folder import read_checkpoint
 from hamjax.structures import A_TIN
 from hamjax.train import config_from_dict
 from hamjax.vcm.devices import file_name
@@ -130,6 +131,10 @@ class VCMConfig:
             only (``prediction_leads`` "reference" and "both" need Gamma), and the
             sensitivity maps stay at Gamma.
         sensitivity_device: test device for the sensitivity maps ("" skips them).
+        pretrained_model: a shipped model's name (:mod:`hamjax.pretrained`, e.g.
+            "vcm-gfn1") or a model folder that predicts the test devices: no model is
+            trained and only the test devices' references are computed. "" (default):
+            the run trains its own model in ``out/model``.
         prediction_leads: the leads of the predicted device. "predicted": its own TiN ends,
             as in the paper (the whole device predicted); "reference": the reference's lead
             blocks, with one predicted electrode cell at each end of the device region (the
@@ -171,6 +176,7 @@ class VCMConfig:
     finite_difference_atoms: int = 2
     finite_difference_step_angstrom: float = 1e-5
     transport_kgrid: tuple[int, int, int] = (1, 1, 1)
+    pretrained_model: str = ""
 
     def __post_init__(self):
         grid = tuple(int(n) for n in self.transport_kgrid)
@@ -224,15 +230,23 @@ class VCMConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-def demo_config() -> VCMConfig:
+def demo_config(pretrained: str | None = None, fine_tune_steps: int = 0) -> VCMConfig:
     """The small setting of ``hamjax demo``: minutes on two CPU cores.
 
     Devices one TiN cell (4.24 A) across, 8 A of oxide and 5 A of Ti between six TiN cells on
     each side (each lead needs two lead cells of 3 x 4.24 A >= the 10 A transport cutoff);
-    two test devices, "Filament 1" and "Broken 1" (the same filament with an intact gap); a
-    small model (lmax 2, 8 channels, 5 A cutoff) trained briefly on 12 A slices.
+    two test devices, "Filament 1" and "Broken 1" (the same filament with an intact gap).
+
+    Args:
+        pretrained: a shipped model's name or a model folder (``VCMConfig.pretrained_model``)
+            that predicts the test devices, with transport on a 1 x 2 x 2 transverse k-grid.
+            None: a small model (lmax 2, 8 channels, 5 A cutoff) is trained briefly on 12 A
+            slices of two training devices, with transport at Gamma.
+        fine_tune_steps: with ``pretrained``, train that many steps from its parameters on
+            the demo's training devices (its model settings, a low learning rate) and
+            predict with the result; 0: predict with ``pretrained`` as shipped.
     """
-    return VCMConfig(
+    config = VCMConfig(
         device=dict(DEFAULT_DEVICE),  # the full run's devices, fewer of them
         model={"cutoff": 5.0, "max_ell": 2, "channels": 8, "heads": 2},
         train={
@@ -247,6 +261,29 @@ def demo_config() -> VCMConfig:
         n_energies=41,
         refine_energies=0,  # within the demo's 10 minutes; the table's grid check shows it
         finite_difference_atoms=1,
+    )
+    if pretrained is None:
+        if fine_tune_steps:
+            raise ValueError("demo_config: fine-tuning needs a pretrained model")
+        return config
+    if fine_tune_steps < 0:
+        raise ValueError(f"demo_config: fine_tune_steps must be >= 0, got {fine_tune_steps}")
+    config = dataclasses.replace(config, transport_kgrid=(1, 2, 2), prediction_leads="predicted")
+    if not fine_tune_steps:
+        return dataclasses.replace(config, pretrained_model=pretrained)
+    model = read_checkpoint(pretrained).config["model"]
+    return dataclasses.replace(
+        config,
+        model={k: v for k, v in model.items() if k != "basis"},  # the data's GFN1 basis
+        train={
+            **config.train,
+            "init_from": pretrained,
+            "steps": int(fine_tune_steps),
+            "learning_rate": 2e-4,
+            "final_learning_rate": 1e-5,
+            "warmup_steps": 0,
+            "onsite_bias_from_data": False,
+        },
     )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from hamjax.constants import BOLTZMANN_EV_K, HARTREE_EV
 from hamjax.inference import Predictor
 from hamjax.occupations import count_fermi_level
+from hamjax.pretrained import resolve
 from hamjax.structures import plot_device
 from hamjax.train import train
 from hamjax.vcm.analysis import (
@@ -66,6 +67,8 @@ def reference_stage(config: VCMConfig, out: Path, *, progress: bool = True, echo
     timings: dict = {}
     t0 = time.perf_counter()
     devices = build_devices(config)
+    if config.pretrained_model:  # nothing to train: the test devices only
+        devices = {n: d for n, d in devices.items() if d["role"] == "test"}
     timings["build_devices_s"] = time.perf_counter() - t0
     for name, device in devices.items():
         if device["role"] == "test":
@@ -82,9 +85,17 @@ def reference_stage(config: VCMConfig, out: Path, *, progress: bool = True, echo
 
 
 def train_stage(
-    config: VCMConfig, out: Path, records: Mapping, devices: Mapping, *, progress=True, echo=print
+    config: VCMConfig,
+    out: Path,
+    records: Mapping,
+    devices: Mapping,
+    *,
+    progress=True,
+    echo=print,
+    until_epoch: int | None = None,
 ) -> dict:
-    """Train (or resume) the model on the training devices into ``out/model``."""
+    """Train (or resume) the model on the training devices into ``out/model`` (to epoch
+    ``until_epoch`` when given: a sitting of a longer training)."""
     names = _roles(devices)
     train_config = training_config(
         config,
@@ -97,6 +108,7 @@ def train_stage(
         out / "model",
         records=([records[n] for n in names["train"]], [records[n] for n in names["validation"]]),
         echo=echo if progress else None,
+        until_epoch=until_epoch,
     )
 
 
@@ -107,13 +119,15 @@ def run_experiment(
     progress: bool = True,
     echo=print,
     stages: tuple[str, ...] = STAGES,
+    until_epoch: int | None = None,
 ) -> dict | None:
     """Run the experiment into folder ``out`` (resumable: references and training).
 
     ``stages`` picks among "references", "train" and "evaluate" (predictions, errors,
     transport, figures, sensitivity); a later stage reuses what the earlier ones left in
-    ``out`` (the evaluation needs a trained model there). Returns the summary of the
-    evaluation (None without that stage).
+    ``out`` (the evaluation needs a trained model there). ``until_epoch`` stops the training
+    after that epoch (the next run resumes there). Returns the summary of the evaluation
+    (None without that stage).
     """
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
@@ -121,9 +135,13 @@ def run_experiment(
     out = Path(out)
     prepared = reference_stage(config, out, progress=progress, echo=echo)
     devices, records, timings = prepared["devices"], prepared["records"], prepared["timings"]
-    if "train" in stages:
+    if "train" in stages and config.pretrained_model:
+        echo(f"no training: the test devices are predicted by {config.pretrained_model}")
+    elif "train" in stages:
         t0 = time.perf_counter()
-        train_stage(config, out, records, devices, progress=progress, echo=echo)
+        train_stage(
+            config, out, records, devices, progress=progress, echo=echo, until_epoch=until_epoch
+        )
         timings["training_s"] = time.perf_counter() - t0
     if "evaluate" not in stages:
         return None
@@ -133,19 +151,24 @@ def run_experiment(
 def evaluate_stage(
     config: VCMConfig, out: Path, records: Mapping, devices: Mapping, timings: dict, *, echo=print
 ) -> dict:
-    """Predict the test devices with ``out/model``; errors, transport, figures, sensitivity."""
-    model_dir = out / "model"
-    if not (model_dir / "checkpoints").exists():
-        raise FileNotFoundError(f"{model_dir}: no trained model (run the train stage first)")
+    """Predict the test devices with ``out/model`` (or ``config.pretrained_model``); errors,
+    transport, figures, sensitivity."""
+    if config.pretrained_model:
+        model_dir = resolve(config.pretrained_model)
+    else:
+        model_dir = out / "model"
+        if not (model_dir / "checkpoints").exists():
+            raise FileNotFoundError(f"{model_dir}: no trained model (run the train stage first)")
     log = model_dir / "log.jsonl"
     lines = log.read_text().splitlines() if log.exists() else []
     history = [json.loads(line) for line in lines]
     last = history[-1] if history else {}
-    timings.setdefault("training_s", sum(r.get("epoch_time_s", 0.0) for r in history))
+    if not config.pretrained_model:
+        timings.setdefault("training_s", sum(r.get("epoch_time_s", 0.0) for r in history))
     tests = _roles(devices)["test"]
 
     t0 = time.perf_counter()
-    predictor = Predictor.load(model_dir)
+    predictor = Predictor.load(config.pretrained_model or model_dir)
     predictions = predictor.predict([records[n] for n in tests], with_overlap=False)
     timings["prediction_s"] = time.perf_counter() - t0
 
@@ -288,6 +311,7 @@ def evaluate_stage(
             }
             for r in rows
         },
+        "model": config.pretrained_model or str(model_dir),
         "validation_total_mae_meV": last.get("validation_total_mae_meV") if last else None,
         "bias_volt": config.bias_volt,
         "temperature_k": config.temperature_k,
