@@ -16,8 +16,8 @@ or under SLURM (``cluster="slurm"``) from ``SLURM_NTASKS`` / ``SLURM_PROCID`` wi
 host of ``SLURM_JOB_NODELIST`` as coordinator. The file route needs no collective beyond
 two barriers (:func:`barrier`); the parts folder must be one that every process can reach
 (a shared file system on a cluster). One device per process: launch one process per
-accelerator. :func:`launch_local` runs ``N`` processes on this machine (127.0.0.1, a free
-port) for ``hamjax predict --slices exact --processes N``.
+accelerator. ``hamjax predict --slices exact --processes N`` runs ``N`` processes on this
+machine (127.0.0.1, a port from :func:`free_port`).
 
 Dealing (:func:`deal_tiles`): ``"balanced"`` (default) gives each tile, largest first, to
 the process with the least work so far (work = atoms within the edge halo of the tile,
@@ -34,8 +34,6 @@ import os
 import re
 import resource
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -55,7 +53,6 @@ __all__ = [
     "first_slurm_host",
     "free_port",
     "initialize",
-    "launch_local",
     "peak_rss_mib",
     "predict_parts",
     "predict_streamed",
@@ -189,16 +186,15 @@ def process_env(
 def initialize(env: ProcessEnv, *, timeout_s: int = 300) -> None:
     """Start ``jax.distributed`` for a run of several processes (nothing for one).
 
-    Call it before any JAX computation. On the CPU the collectives (used by :func:`barrier`)
-    are gloo's.
+    Call it before any JAX computation.
     """
     if not env.distributed:
         return
     import jax
 
-    try:
+    try:  # the collectives of the fallback barrier on the CPU
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    except (AttributeError, ValueError):  # an old or new jax without the option
+    except (AttributeError, ValueError):  # a jax without the option
         pass
     jax.distributed.initialize(
         coordinator_address=env.coordinator,
@@ -208,14 +204,42 @@ def initialize(env: ProcessEnv, *, timeout_s: int = 300) -> None:
     )
 
 
-def barrier(name: str) -> None:
-    """Wait until every process of the run has reached ``name`` (nothing for one process)."""
+_BARRIERS: dict[str, int] = {}
+
+
+def _coordination_client():
+    """The client of ``jax.distributed``'s coordination service, where this jax exposes it."""
+    try:
+        from jax._src import distributed as jax_distributed
+
+        client = jax_distributed.global_state.client
+    except (ImportError, AttributeError):
+        return None
+    return client if hasattr(client, "wait_at_barrier") else None
+
+
+def barrier(name: str, timeout_s: float = 7 * 24 * 3600) -> None:
+    """Wait until every process of the run has reached ``name`` (nothing for one process).
+
+    The barrier of ``jax.distributed``'s coordination service: no device computation, so
+    it works for any device layout (several processes sharing one accelerator too) and
+    waits as long as the slowest process predicts (up to ``timeout_s``). Where a jax does
+    not expose it, ``multihost_utils.sync_global_devices`` (a collective) is used. Every
+    process must pass the same names in the same order.
+    """
     import jax
 
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+    if jax.process_count() <= 1:
+        return
+    count = _BARRIERS.get(name, 0)
+    _BARRIERS[name] = count + 1
+    client = _coordination_client()
+    if client is not None:
+        client.wait_at_barrier(f"hamjax:{name}:{count}", timeout_in_ms=int(timeout_s * 1000))
+        return
+    from jax.experimental import multihost_utils
 
-        multihost_utils.sync_global_devices(name)
+    multihost_utils.sync_global_devices(f"{name}:{count}")
 
 
 def shutdown() -> None:
@@ -312,16 +336,9 @@ def predict_parts(
     mine = mine[:max_tiles] if max_tiles is not None else mine
     plan_seconds = time.perf_counter() - start
     counts = config.basis.orbital_counts(tiling.structure.numbers)
-    writer = PartWriter(
-        folder,
-        rank,
-        run,
-        counts,
-        has_overlap=overlap_from is not None,
-    )
-    stats = dict.fromkeys(
-        ("graph_seconds", "forward_seconds", "compile_seconds", "write_seconds"), 0.0
-    )
+    writer = PartWriter(folder, rank, run, counts, has_overlap=overlap_from is not None)
+    stats = dict.fromkeys(("graph_seconds", "forward_seconds", "compile_seconds"), 0.0)
+    stats["write_seconds"] = 0.0
     totals = dict.fromkeys(("atoms", "blocks", "edges", "tile_edges", "tile_nodes"), 0)
     largest = {"edges": 0, "nodes": 0, "padded_edges": 0}
     new_shapes = 0
@@ -358,11 +375,14 @@ def predict_parts(
             if overlap_from is not None:
                 overlap = overlap_from.on_blocks(pairs, shifts).overlap
             writer.append(pairs, shifts, values, overlap)
-            totals["atoms"] += int(tile.node_label.sum())
-            totals["blocks"] += len(pairs)
-            totals["edges"] += int(tile.edge_label.sum())
-            totals["tile_edges"] += tile.graph.n_edge
-            totals["tile_nodes"] += tile.graph.n_node
+            for key, value in (
+                ("atoms", int(tile.node_label.sum())),
+                ("blocks", len(pairs)),
+                ("edges", int(tile.edge_label.sum())),
+                ("tile_edges", tile.graph.n_edge),
+                ("tile_nodes", tile.graph.n_node),
+            ):
+                totals[key] += value
             largest["edges"] = max(largest["edges"], tile.graph.n_edge)
             largest["nodes"] = max(largest["nodes"], tile.graph.n_node)
         largest["padded_edges"] = max(largest["padded_edges"], int(graphs_tuple.n_edge.sum()))
@@ -517,59 +537,3 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
-
-
-def launch_local(
-    arguments: Sequence[str],
-    n_processes: int,
-    *,
-    module: str = "hamjax.cli",
-    python: str | None = None,
-    poll_seconds: float = 0.2,
-) -> int:
-    """Run ``python -m module ARGUMENTS`` as ``n_processes`` ranks on this machine.
-
-    Each rank gets ``--num-processes N --process-id k --coordinator 127.0.0.1:PORT``
-    appended (PORT free at launch) and inherits stdout and stderr. When a rank fails, the
-    others are stopped.
-
-    Returns:
-        0 when every rank succeeded, else the first failing rank's exit status (a line on
-        stderr names the rank).
-    """
-    if n_processes < 1:
-        raise ValueError(f"--processes must be >= 1, got {n_processes}")
-    coordinator = f"127.0.0.1:{free_port()}"
-    ranks = []
-    for k in range(n_processes):
-        command = [python or sys.executable, "-m", module, *arguments]
-        command += ["--num-processes", str(n_processes), "--process-id", str(k)]
-        command += ["--coordinator", coordinator]
-        ranks.append(subprocess.Popen(command))  # noqa: S603 - our own interpreter and module
-    failed = None
-    try:
-        while any(p.poll() is None for p in ranks):
-            for k, p in enumerate(ranks):
-                if p.returncode not in (None, 0) and failed is None:
-                    failed = (k, p.returncode)
-            if failed is not None:
-                break
-            time.sleep(poll_seconds)
-    finally:
-        for p in ranks:
-            if p.poll() is None:
-                p.terminate()
-        for p in ranks:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-    if failed is None:
-        bad = [(k, p.returncode) for k, p in enumerate(ranks) if p.returncode != 0]
-        failed = bad[0] if bad else None
-    if failed is not None:
-        k, code = failed
-        print(f"hamjax: process {k} of {n_processes} failed (exit status {code})", file=sys.stderr)
-        return int(code) if code > 0 else 1
-    return 0

@@ -262,7 +262,8 @@ _RANK_SCRIPT = textwrap.dedent(
 def test_two_processes_equal_one_and_the_full_graph(predictor, tmp_path):
     """Two real processes on 127.0.0.1 (jax.distributed with barriers, balanced deal)
     predict by exact slices (one cut axis) and by tiles (two cut axes): the same blocks as
-    single-process exact slices (bit for bit) and as the full graph (float32 round-off)."""
+    single-process exact slices and as the full graph, to float32 round-off (bit for bit
+    where the processes run the same executables; these may compile apart)."""
     atoms = _box()
     with open(tmp_path / "inputs.pkl", "wb") as handle:
         pickle.dump((predictor.config, jax.device_get(predictor.params), atoms), handle)
@@ -310,8 +311,8 @@ def test_two_processes_equal_one_and_the_full_graph(predictor, tmp_path):
         np.testing.assert_array_equal(record.pairs, full.pairs)
         np.testing.assert_array_equal(record.shifts, full.shifts)
         assert np.abs(record.hamiltonian - full.hamiltonian).max() <= 1e-5 * scale
-        if label == "slices":
-            np.testing.assert_array_equal(record.hamiltonian, sliced.hamiltonian)
+        if label == "slices":  # the same subgraphs: equal up to how XLA compiled them
+            assert np.abs(record.hamiltonian - sliced.hamiltonian).max() <= 1e-6 * scale
     meta = json.loads(json.dumps(dataset.load(tmp_path / "tiles.npz").metadata))
     assert meta["processes"] == 2 and meta["tile_widths_angstrom"] == [6.0, 7.0, 0.0]
 
@@ -357,8 +358,10 @@ def test_predict_cli_with_two_local_processes(tmp_path, capsys):
     two = [*common, "--out", str(tmp_path / "two.npz"), "--cp2k", str(tmp_path / "two")]
     assert main([*two, "--processes", "2"]) == 0
     one, both = dataset.load(tmp_path / "one.npz"), dataset.load(tmp_path / "two.npz")
-    for name in ("pairs", "shifts", "hamiltonian"):
+    for name in ("pairs", "shifts"):
         np.testing.assert_array_equal(getattr(both, name), getattr(one, name))
+    scale = np.abs(one.hamiltonian).max()
+    assert np.abs(both.hamiltonian - one.hamiltonian).max() <= 1e-6 * scale
     assert both.metadata["processes"] == 2
     assert not (tmp_path / "two.npz.parts").exists()  # merged, then removed
     assert (tmp_path / "two-KS_SPIN_1_R_1-1_0.csr").is_file()

@@ -21,8 +21,10 @@ Process 0 merges and prints the summary (docs/distributed.md).
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -209,11 +211,67 @@ def _run_streamed(args) -> int:
     return 0
 
 
+def launch_local(
+    arguments: Sequence[str],
+    n_processes: int,
+    *,
+    module: str = "hamjax.cli",
+    python: str | None = None,
+    poll_seconds: float = 0.2,
+) -> int:
+    """Run ``python -m module ARGUMENTS`` as ``n_processes`` ranks on this machine.
+
+    Each rank gets ``--num-processes N --process-id k --coordinator 127.0.0.1:PORT``
+    appended (PORT free at launch) and inherits stdout and stderr. When a rank fails, the
+    others are stopped.
+
+    Returns:
+        0 when every rank succeeded, else the first failing rank's exit status (a line on
+        stderr names the rank).
+    """
+    if n_processes < 1:
+        raise ValueError(f"--processes must be >= 1, got {n_processes}")
+    from hamjax.distributed import free_port  # deferred: not needed by --help
+
+    coordinator = f"127.0.0.1:{free_port()}"
+    ranks = []
+    for k in range(n_processes):
+        command = [python or sys.executable, "-m", module, *arguments]
+        command += ["--num-processes", str(n_processes), "--process-id", str(k)]
+        command += ["--coordinator", coordinator]
+        ranks.append(subprocess.Popen(command))  # noqa: S603 - our own interpreter and module
+    failed = None
+    try:
+        while any(p.poll() is None for p in ranks):
+            for k, p in enumerate(ranks):
+                if p.returncode not in (None, 0) and failed is None:
+                    failed = (k, p.returncode)
+            if failed is not None:
+                break
+            time.sleep(poll_seconds)
+    finally:
+        for p in ranks:
+            if p.poll() is None:
+                p.terminate()
+        for p in ranks:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    if failed is None:
+        bad = [(k, p.returncode) for k, p in enumerate(ranks) if p.returncode != 0]
+        failed = bad[0] if bad else None
+    if failed is not None:
+        k, code = failed
+        print(f"hamjax: process {k} of {n_processes} failed (exit status {code})", file=sys.stderr)
+        return int(code) if code > 0 else 1
+    return 0
+
+
 def run(args) -> int:
     if _streamed_options(args):
         if args.processes is not None:
-            from hamjax.distributed import launch_local
-
             if not args.structure.is_file():
                 raise FileNotFoundError(f"structure file {args.structure} does not exist")
 
