@@ -614,6 +614,16 @@ def test_stages_on_a_tiny_device_are_consistent(tmp_path):
     curves = json.loads((tmp_path / "transmission.json").read_text())["Chain"]
     assert_curves_give_currents(curves, table, config)
 
+    # the same model given as a pretrained model: another folder, no training, same table
+    shipped = dataclasses.replace(config, pretrained_model=str(tmp_path / "model"))
+    again = tmp_path / "again"
+    again.mkdir()
+    repeated = vcm.evaluate_stage(
+        shipped, again, records, {"Chain": devices["Chain"]}, {}, echo=lambda _: None
+    )
+    assert not (again / "model").exists() and repeated["model"] == str(tmp_path / "model")
+    assert repeated["devices"]["Chain"] == summary["devices"]["Chain"]
+
 
 def assert_curves_give_currents(curves, row, config):
     """The saved T(E) curves of a device integrate to its table row's currents."""

@@ -268,7 +268,14 @@ def demo_config(pretrained: str | None = None, fine_tune_steps: int = 0) -> VCMC
         return config
     if fine_tune_steps < 0:
         raise ValueError(f"demo_config: fine_tune_steps must be >= 0, got {fine_tune_steps}")
-    config = dataclasses.replace(config, transport_kgrid=(1, 2, 2), prediction_leads="predicted")
+    # couplings kept to the lead-cell length (3 x 4.24 A): cut at 10 A the opened device's
+    # S(k) is indefinite off Gamma (docs/reference-data.md)
+    config = dataclasses.replace(
+        config,
+        transport_kgrid=(1, 2, 2),
+        transport_cutoff_angstrom=12.7,
+        prediction_leads="predicted",
+    )
     if not fine_tune_steps:
         return dataclasses.replace(config, pretrained_model=pretrained)
     model = read_checkpoint(pretrained).config["model"]
