@@ -4,9 +4,36 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["write_text"]
+__all__ = ["replacing", "write_text"]
+
+
+@contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[str]:
+    """A temporary file next to ``path`` to write; on success it replaces ``path``.
+
+    The caller writes the yielded file name; on leaving the block the file is flushed to
+    disk, given the usual mode (umask applied: mkstemp makes it private) and renamed onto
+    ``path``. On any error it is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    os.close(handle)
+    try:
+        yield tmp_name
+        with open(tmp_name, "rb+") as done:
+            os.fsync(done.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

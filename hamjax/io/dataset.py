@@ -50,13 +50,13 @@ from __future__ import annotations
 import glob
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from hamjax.basis import Basis
 from hamjax.blocks import BlockHamiltonian
+from hamjax.io.atomic import replacing
 from hamjax.io.files import read_npz
 
 __all__ = ["FORMAT", "VERSION", "expand_paths", "load", "save"]
@@ -158,21 +158,8 @@ def save(record: BlockHamiltonian, path: str | os.PathLike, *, compress: bool = 
     }
     if record.overlap is not None:
         arrays["overlap"] = np.asarray(record.overlap, dtype=np.float64)
-    folder = path.parent if str(path.parent) else Path(".")
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            (np.savez_compressed if compress else np.savez)(out, **arrays)
-            out.flush()
-            os.fsync(out.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes it private; use the usual mode
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+    with replacing(path) as tmp_name, open(tmp_name, "wb") as out:
+        (np.savez_compressed if compress else np.savez)(out, **arrays)
     return path
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -45,6 +44,7 @@ import numpy as np
 from hamjax.basis import Basis
 from hamjax.blocks import BlockHamiltonian
 from hamjax.io import dataset
+from hamjax.io.atomic import replacing
 
 __all__ = [
     "PARTS_FORMAT",
@@ -428,10 +428,7 @@ def write_npz(path: str | os.PathLike, members: Iterable[tuple]) -> Path:
         complete, so a killed writer leaves no partial file.
     """
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    os.close(handle)
-    try:
+    with replacing(path) as tmp_name:
         with zipfile.ZipFile(tmp_name, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
             for member in members:
                 name = member[0]
@@ -452,16 +449,6 @@ def write_npz(path: str | os.PathLike, members: Iterable[tuple]) -> Path:
                             f"npz member {name}: {written} entries written, shape {shape} "
                             f"needs {int(np.prod(shape))}"
                         )
-        with open(tmp_name, "rb+") as done:
-            os.fsync(done.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
     return path
 
 
