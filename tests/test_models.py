@@ -387,3 +387,48 @@ def test_onsite_bias_reproduces_the_rotation_average_of_mean_blocks(model):
         n = sum(2 * l + 1 for l in shells)
         expected = _rotation_average(means[s, :n, :n], shells)
         np.testing.assert_allclose(np.asarray(node_blocks[atom, :n, :n]), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "irreps_out", ["3x0e + 2x1o + 1x1e + 3x2e + 1x3o + 2x4e", "8x0e + 8x1o + 8x2e"]
+)
+def test_frame_tensor_product_orders_agree_and_are_equivariant(irreps_out):
+    """Both evaluation orders of the in-frame tensor product give the same edges' outputs from
+    one set of parameters, and each is O(3) equivariant: rotating the inputs by e3nn's Wigner
+    matrices and the edge vectors by R (det R = -1 here) rotates the outputs."""
+    import e3nn_jax as e3nn
+
+    from hamjax.models.frame import FrameTensorProduct, edge_frames
+
+    irreps_in = e3nn.Irreps("8x0e + 8x1o + 8x2e + 8x3o + 8x4e")
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(12, 3))
+    vectors[0] = [0.01, 1.0, -0.02]  # near e3nn's polar axis: the quarter-turn branch
+    x = e3nn.IrrepsArray(irreps_in, rng.normal(size=(12, irreps_in.dim)))
+    scalars = jnp.asarray(rng.normal(size=(12, 5)))
+
+    def module(order):
+        return FrameTensorProduct(e3nn.Irreps(irreps_out), 4, (16,), "float64", order=order)
+
+    params = module("auto").init(
+        jax.random.key(0), x, edge_frames(jnp.asarray(vectors), 4), scalars
+    )
+    params = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape)), params)  # theta != 1
+
+    def apply(order, vec, inputs):
+        return module(order).apply(params, inputs, edge_frames(jnp.asarray(vec), 4), scalars)
+
+    mix_first = apply("mix_first", vectors, x)
+    scale_first = apply("scale_first", vectors, x)
+    assert np.abs(scale_first.array).max() > 1e-2
+    np.testing.assert_allclose(mix_first.array, scale_first.array, atol=1e-11, rtol=1e-11)
+
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    rotation = jnp.asarray(-q * np.sign(np.linalg.det(q)))  # improper, float64
+    d_vec = np.asarray(e3nn.Irreps("1o").D_from_matrix(rotation))
+    x_rotated = x.transform_by_matrix(rotation)
+    for order, out in (("mix_first", mix_first), ("scale_first", scale_first)):
+        rotated = apply(order, vectors @ d_vec.T, x_rotated)
+        np.testing.assert_allclose(
+            rotated.array, out.transform_by_matrix(rotation).array, atol=1e-10
+        )

@@ -112,7 +112,22 @@ def edge_frames(vectors: jax.Array, lmax: int) -> EdgeFrames:
         jnp.cos(frequencies * beta),
         jnp.sin(frequencies * beta),
     )
-    return EdgeFrames(*trig, near_pole, lmax)
+    return EdgeFrames(*_materialised(trig), near_pole, lmax)
+
+
+def _materialised(arrays: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    """``arrays`` unchanged, but computed once and stored.
+
+    XLA:CPU otherwise fuses the cosines and sines into every rotation that reads them and
+    evaluates them again for each channel (``(2l + 1) x mul`` times per edge instead of once:
+    1.7x the time of a rotation at l = 4). An optimisation barrier does not stop it (XLA
+    removes barriers before fusion); a product with the identity does, since a fusion never
+    extends through a matrix product, and costs ``O(n_edge (2 lmax + 1)^2)``.
+    """
+    widths = [a.shape[-1] for a in arrays]
+    stacked = jnp.concatenate(arrays, axis=-1)
+    stacked = stacked @ jnp.eye(stacked.shape[-1], dtype=stacked.dtype)
+    return tuple(jnp.split(stacked, np.cumsum(widths)[:-1], axis=-1))
 
 
 @functools.lru_cache(maxsize=16)
@@ -184,12 +199,18 @@ class FrameTensorProduct(nn.Module):
         sh_lmax: largest ``l`` of the spherical harmonics of the edge.
         radial_hidden: hidden widths of the MLP that gives one weight per path.
         dtype: computation dtype.
+        order: "scale_first" (per-edge path weights on the input channels, then the channel
+            mixing), "mix_first" (the mixing folded into the path parameters first, then the
+            path weights on the output channels) or "auto": the one that stores fewer values
+            per edge (mix first for the few-channel Hamiltonian heads). All give the same
+            result to round-off and share one set of parameters.
     """
 
     irreps_out: e3nn.Irreps
     sh_lmax: int
     radial_hidden: tuple[int, ...]
     dtype: str
+    order: str = "auto"
 
     @nn.compact
     def __call__(
@@ -216,50 +237,163 @@ class FrameTensorProduct(nn.Module):
             edge_scalars
         )  # [n_edge, n_path]
 
-        # Inputs in the edge frame: x_frame = D^T x.
-        in_frame = [
-            None if chunk is None else frames.to_frame(chunk, ir.l)
-            for (_, ir), chunk in zip(x.irreps, x.chunks, strict=True)
-        ]  # [n_edge, mul, 2l+1]
-
-        per_output: list[list[jax.Array]] = [[] for _ in irreps_out]
-        offset = 0
-        for group_index, (i_in, i_out, k, flip, coef) in enumerate(groups):
-            n = coef.shape[0]
-            mul_in, ir1 = x.irreps[i_in]
-            chunk = in_frame[i_in]
-            weights = path_weights[:, offset : offset + n]  # [n_edge, n]
-            offset += n
-            if chunk is None:
+        # Parameters, created in the same order and with the same shapes whichever way the
+        # products are evaluated: ``path_g`` [n_paths, mul_in] per group, ``mix_o``
+        # [sum of the input multiplicities reaching output o, mul_out] per output.
+        theta, row = {}, {}
+        rows_into = [0] * len(irreps_out)
+        for group_index, (i_in, i_out, _, _, coef) in enumerate(groups):
+            mul_in = x.irreps[i_in].mul
+            if x.chunks[i_in] is None:
                 continue
-            theta = self.param(f"path_{group_index}", nn.initializers.ones, (n, mul_in), self.dtype)
-            scale = jnp.einsum(
-                "ep,pc,pm->ecm", weights, theta, jnp.asarray(coef, self.dtype)
-            ) / np.sqrt(n)  # [n_edge, mul_in, 2k+1]
-            selected = chunk[:, :, ir1.l - k : ir1.l + k + 1]
-            if flip:
-                selected = selected[:, :, ::-1]
-            per_output[i_out].append((selected * scale, k))
+            theta[group_index] = self.param(
+                f"path_{group_index}", nn.initializers.ones, (coef.shape[0], mul_in), self.dtype
+            )
+            row[group_index] = rows_into[i_out]
+            rows_into[i_out] += mul_in
+        mix = {
+            i_out: self.param(
+                f"mix_{i_out}", nn.initializers.normal(stddev=1.0), (rows, mul_out), self.dtype
+            )
+            / np.sqrt(rows)
+            for i_out, ((mul_out, _), rows) in enumerate(zip(irreps_out, rows_into, strict=True))
+            if rows
+        }
+        first_path = np.cumsum([0] + [coef.shape[0] for *_, coef in groups])
 
-        chunks = []
+        # Inputs in the edge frame, m-major: D^T x as [n_edge, 2l + 1, mul]. Every channel
+        # contraction below is then one plain matrix product over the last axis (with the
+        # channels between the edges and m, XLA:CPU transposes whole edge arrays instead).
+        in_frame = [
+            None if chunk is None else jnp.swapaxes(frames.to_frame(chunk, ir.l), 1, 2)
+            for (_, ir), chunk in zip(x.irreps, x.chunks, strict=True)
+        ]
+        if self.order not in ("auto", "mix_first", "scale_first"):
+            raise ValueError(f"order must be auto, mix_first or scale_first, got {self.order!r}")
+        mix_first = self.order == "mix_first" or (
+            self.order == "auto" and _mix_first_is_smaller(x.irreps, irreps_out, groups)
+        )
+        if mix_first:
+            accumulated = self._mix_then_scale(
+                in_frame, groups, theta, row, mix, path_weights, first_path, x.irreps, irreps_out
+            )
+        else:
+            accumulated = self._scale_then_mix(
+                in_frame, groups, theta, row, mix, path_weights, first_path, x.irreps, irreps_out
+            )
+        chunks = [
+            None if out is None else frames.from_frame(jnp.swapaxes(out, 1, 2), ir3.l)
+            for (_, ir3), out in zip(irreps_out, accumulated, strict=True)
+        ]  # back to the global frame: z = D z_frame
+        return e3nn.from_chunks(irreps_out, chunks, (n_edge,), self.dtype)
+
+    def _scale_then_mix(
+        self, in_frame, groups, theta, row, mix, path_weights, first_path, irreps_in, irreps_out
+    ):
+        """Per-edge path weights on the ``mul_in`` input channels, then one channel mixing per
+        output: ``sum_c w_o[c, d] sum_p a_ep coef_pm theta_pc x_emc`` (cheaper when the outputs
+        have many channels). Returns the outputs in the frame, ``[n_edge, 2 l3 + 1, mul_out]``."""
+        parts = [[] for _ in irreps_out]
+        for group_index, (i_in, i_out, k, flip, coef) in enumerate(groups):
+            if group_index not in theta:
+                continue
+            l1 = irreps_in[i_in].ir.l
+            selected = _window(in_frame[i_in], l1, k, flip)  # [n_edge, 2k+1, mul_in]
+            scale = _path_sum(
+                path_weights[:, first_path[group_index] : first_path[group_index + 1]],
+                coef,
+                theta[group_index],
+                self.dtype,
+            )  # [n_edge, 2k+1, mul_in]
+            parts[i_out].append((selected * scale, k))
+        out = []
         for i_out, (mul_out, ir3) in enumerate(irreps_out):
-            parts = per_output[i_out]
-            if not parts:
-                chunks.append(None)
+            if not parts[i_out]:
+                out.append(None)
                 continue
             # All paths into this output at once: zero-pad every |m| <= k part to 2 l3 + 1,
             # stack along the channel axis, one matrix product.
             stacked = jnp.concatenate(
-                [jnp.pad(part, ((0, 0), (0, 0), (ir3.l - k, ir3.l - k))) for part, k in parts],
-                axis=1,
-            )  # [n_edge, sum of input multiplicities, 2 l3 + 1]
-            w = self.param(
-                f"mix_{i_out}",
-                nn.initializers.normal(stddev=1.0),
-                (stacked.shape[1], mul_out),
-                self.dtype,
-            )
-            out = jnp.einsum("ecm,cd->edm", stacked, w) / np.sqrt(stacked.shape[1])
-            # Back to the global frame: z = D z_frame.
-            chunks.append(frames.from_frame(out, ir3.l))
-        return e3nn.from_chunks(irreps_out, chunks, (n_edge,), self.dtype)
+                [jnp.pad(p, ((0, 0), (ir3.l - k, ir3.l - k), (0, 0))) for p, k in parts[i_out]],
+                axis=2,
+            )  # [n_edge, 2 l3 + 1, sum of input multiplicities]
+            n_edge = stacked.shape[0]
+            mixed = stacked.reshape(-1, stacked.shape[2]) @ mix[i_out]
+            out.append(mixed.reshape(n_edge, ir3.dim, mul_out))
+        return out
+
+    def _mix_then_scale(
+        self, in_frame, groups, theta, row, mix, path_weights, first_path, irreps_in, irreps_out
+    ):
+        """Channel mixing first, folded with the path parameters into one matrix per input
+        irrep, then the per-edge path weights on the ``mul_out`` output channels:
+        ``sum_p a_ep coef_pm sum_c (theta_pc w_o[c, d]) x_emc`` (cheaper when the outputs have
+        few channels, as the Hamiltonian heads do). Same result as :meth:`_scale_then_mix`
+        to round-off."""
+        columns = [[] for _ in irreps_in]  # per input: (group, path, mul_out) column blocks
+        for group_index, (i_in, i_out, _, _, coef) in enumerate(groups):
+            if group_index not in theta:
+                continue
+            mul_in = irreps_in[i_in].mul
+            w = mix[i_out][row[group_index] : row[group_index] + mul_in]  # [mul_in, mul_out]
+            t = theta[group_index] / np.sqrt(coef.shape[0])  # [n, mul_in]
+            columns[i_in].append((group_index, (t[:, :, None] * w[None]).transpose(1, 0, 2)))
+        projected = {}
+        for i_in, blocks in enumerate(columns):
+            if not blocks:
+                continue
+            matrix = jnp.concatenate([m.reshape(m.shape[0], -1) for _, m in blocks], axis=1)
+            x = in_frame[i_in]  # [n_edge, 2 l1 + 1, mul_in]
+            y = (x.reshape(-1, x.shape[2]) @ matrix).reshape(x.shape[0], x.shape[1], -1)
+            start = 0
+            for group_index, m in blocks:
+                n, mul_out = m.shape[1], m.shape[2]
+                projected[group_index] = y[:, :, start : start + n * mul_out].reshape(
+                    x.shape[0], x.shape[1], n, mul_out
+                )  # [n_edge, 2 l1 + 1, n, mul_out]
+                start += n * mul_out
+        out = [None] * len(irreps_out)
+        for group_index, (i_in, i_out, k, flip, coef) in enumerate(groups):
+            if group_index not in projected:
+                continue
+            l1, l3 = irreps_in[i_in].ir.l, irreps_out[i_out].ir.l
+            y = _window(projected[group_index], l1, k, flip)  # [n_edge, 2k+1, n, mul_out]
+            a = path_weights[:, first_path[group_index] : first_path[group_index + 1]]
+            coef = jnp.asarray(coef, self.dtype)  # [n, 2k+1]
+            # An explicit sum over the 1 to 3 paths: as a reduction XLA makes it a batched
+            # matrix product, several times slower than this one fused loop.
+            term = sum(
+                (a[:, p, None] * coef[p])[:, :, None] * y[:, :, p] for p in range(coef.shape[0])
+            )  # [n_edge, 2k+1, mul_out]
+            term = jnp.pad(term, ((0, 0), (l3 - k, l3 - k), (0, 0)))
+            out[i_out] = term if out[i_out] is None else out[i_out] + term
+        return out
+
+
+def _window(x: jax.Array, l: int, k: int, flip: bool) -> jax.Array:
+    """Components ``|m| <= k`` of an m-major ``[n_edge, 2l + 1, ...]`` array, ``m -> -m``
+    if ``flip``."""
+    x = x[:, l - k : l + k + 1]
+    return x[:, ::-1] if flip else x
+
+
+def _path_sum(weights, coef, theta, dtype) -> jax.Array:
+    """``sum_p a_ep coef_pm theta_pc / sqrt(n)`` as ``[n_edge, 2k + 1, mul_in]``, written as a
+    sum of broadcast products (n is 1 to 3) so that it fuses into its consumer instead of
+    being stored as a matrix product's output."""
+    n = coef.shape[0]
+    coef = jnp.asarray(coef, dtype)
+    total = 0.0
+    for p in range(n):
+        total = total + (weights[:, p, None] * coef[p])[:, :, None] * theta[p]
+    return total / np.sqrt(n)
+
+
+def _mix_first_is_smaller(irreps_in, irreps_out, groups) -> bool:
+    """Whether mixing channels before the path weights stores fewer values per edge: it
+    keeps ``(2 l1 + 1) n mul_out`` values per group, the other order ``(2k + 1) mul_in``."""
+    mix_first = sum(
+        (2 * irreps_in[i].ir.l + 1) * c.shape[0] * irreps_out[o].mul for i, o, _, _, c in groups
+    )
+    scale_first = sum((2 * k + 1) * irreps_in[i].mul for i, _, k, _, _ in groups)
+    return mix_first < scale_first

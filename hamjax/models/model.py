@@ -113,16 +113,6 @@ def edge_geometry(
     return EdgeGeometry(safe, lengths, envelope, radial, sh, frames)
 
 
-def _scale_chunks(x: e3nn.IrrepsArray, weights: jax.Array) -> e3nn.IrrepsArray:
-    """Scale every (channel, irrep) of ``x``; ``weights`` is ``[..., x.irreps.num_irreps]``."""
-    chunks, offset = [], 0
-    for (mul, _), chunk in zip(x.irreps, x.chunks, strict=True):
-        w = weights[..., offset : offset + mul, None]
-        chunks.append(None if chunk is None else chunk * w)
-        offset += mul
-    return e3nn.from_chunks(x.irreps, chunks, x.shape[:-1], x.dtype)
-
-
 def _segment_softmax_weights(
     logits: jax.Array, envelope: jax.Array, receivers: jax.Array, n_node: int
 ) -> jax.Array:
@@ -151,6 +141,47 @@ def _segment_softmax_weights(
     return weights / denominator[receivers]
 
 
+def _scalar_messages(
+    x: jax.Array, sh: e3nn.IrrepsArray, mix: nn.Module, weight: jax.Array, hidden: e3nn.Irreps
+) -> e3nn.IrrepsArray:
+    """``weight * mix(x (x) Y)`` for scalar edge inputs ``x`` ``[n_edge, C]`` (first layer).
+
+    With scalar inputs the tensor product is ``x_c Y_lm`` for every ``l`` (e3nn's path
+    normalisation is 1 there), so the channel mixing ``mix`` (an e3nn Linear, one ``C x C``
+    matrix per ``l``) acts on ``x`` alone: ``mix(x (x) Y)_ldm = (x M_l)_d Y_lm``. The matrices
+    ``M_l`` are read off by applying ``mix`` to unit inputs, so its parameters are exactly
+    those of the Linear on ``x (x) Y``; the messages are then one product per edge, never
+    ``C x sum_l (2l + 1)`` values laid out for a channel contraction.
+
+    Args:
+        x: ``[n_edge, C]`` scalar edge inputs.
+        sh: ``[n_edge, sum_l (2l + 1)]`` spherical harmonics ``l = 0 .. max_ell``.
+        mix: ``e3nn.flax.Linear`` to ``hidden``.
+        weight: ``[n_edge, hidden.num_irreps]`` per (irrep, channel) weights.
+        hidden: ``C x (0e + 1o + ...)``.
+
+    Returns:
+        ``[n_edge, hidden]``.
+    """
+    channels = x.shape[1]
+    # Unit inputs: row c carries 1 in channel c, component m = 0, of every l.
+    unit = [
+        jnp.zeros((channels, channels, ir.dim), x.dtype)
+        .at[:, :, 0]
+        .set(jnp.eye(channels, dtype=x.dtype))
+        for _, ir in hidden
+    ]
+    probe = e3nn.from_chunks(hidden, unit, (channels,), x.dtype)
+    response = mix(probe)  # [C, hidden]: chunk l at m = 0 is M_l
+    matrices = jnp.concatenate([chunk[:, :, 0] for chunk in response.chunks], axis=1)
+    coefficient = (x @ matrices) * weight  # [n_edge, num_irreps], (l, d) ordered
+    chunks = [
+        coefficient[:, i * channels : (i + 1) * channels, None] * y
+        for i, y in enumerate(sh.chunks)  # y: [n_edge, 1, 2l + 1]
+    ]
+    return e3nn.from_chunks(hidden, chunks, (x.shape[0],), x.dtype)
+
+
 class InteractionLayer(nn.Module):
     """Equivariant convolution + multi-head attention over incoming edges + gated update."""
 
@@ -175,22 +206,6 @@ class InteractionLayer(nn.Module):
             [geometry.radial, scalars[senders], scalars[receivers]], axis=-1
         )  # [n_edge, R + 2C]
 
-        # Messages: TP of the sender features with Y(r_ij), weighted by a radial/scalar MLP.
-        x = e3nn.flax.Linear(hidden, name="message_in")(h)[senders]  # [n_edge, hidden]
-        if x.irreps.lmax == 0:
-            # Scalar inputs (first layer): x (x) Y is a plain product, no frame needed.
-            v = e3nn.tensor_product(x, geometry.sh).filter(keep=hidden)
-            v = e3nn.flax.Linear(hidden, name="message_mix")(v)  # [n_edge, hidden]
-            w = MLP((*cfg.radial_hidden, v.irreps.num_irreps), cfg.dtype, name="message_radial")(
-                edge_scalars
-            )
-            v = _scale_chunks(v, w)
-        else:
-            v = FrameTensorProduct(
-                hidden, cfg.max_ell, cfg.radial_hidden, cfg.dtype, name="message_tp"
-            )(x, geometry.frames, edge_scalars)
-        v = v * geometry.envelope[:, None]  # [n_edge, hidden], zero beyond the cutoff
-
         # Attention: query from the receiver, key from the sender and the distance.
         q = nn.Dense(heads * key_dim, dtype=cfg.dtype, param_dtype=cfg.dtype, name="query")(
             scalars
@@ -201,9 +216,28 @@ class InteractionLayer(nn.Module):
         logits = jnp.sum(q * k, axis=-1) / np.sqrt(key_dim)  # [n_edge, heads]
         alpha = _segment_softmax_weights(logits, geometry.envelope, receivers, n_node)
 
-        v = v.mul_to_axis(heads)  # [n_edge, heads, hidden / heads]
-        v = v * alpha[:, :, None]
-        v = v.axis_to_mul()  # [n_edge, hidden]
+        # Messages: TP of the sender features with Y(r_ij), weighted by a radial/scalar MLP,
+        # the envelope (zero beyond the cutoff) and the attention weight of their head.
+        x = e3nn.flax.Linear(hidden, name="message_in")(h)[senders]  # [n_edge, hidden]
+        if x.irreps.lmax == 0:
+            mix = e3nn.flax.Linear(hidden, name="message_mix")
+            w = MLP((*cfg.radial_hidden, hidden.num_irreps), cfg.dtype, name="message_radial")(
+                edge_scalars
+            )
+            weight = (
+                w
+                * geometry.envelope[:, None]
+                * jnp.tile(jnp.repeat(alpha, cfg.channels // heads, axis=1), (1, len(hidden)))
+            )  # [n_edge, num_irreps]
+            v = _scalar_messages(x.array, geometry.sh, mix, weight, hidden)
+        else:
+            v = FrameTensorProduct(
+                hidden, cfg.max_ell, cfg.radial_hidden, cfg.dtype, name="message_tp"
+            )(x, geometry.frames, edge_scalars)
+            v = v * geometry.envelope[:, None]
+            v = v.mul_to_axis(heads)  # [n_edge, heads, hidden / heads]
+            v = v * alpha[:, :, None]
+            v = v.axis_to_mul()  # [n_edge, hidden]
         aggregated = e3nn.IrrepsArray(
             v.irreps, jax.ops.segment_sum(v.array, receivers, num_segments=n_node)
         )  # [n_node, hidden]
