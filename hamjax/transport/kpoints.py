@@ -202,6 +202,8 @@ def transmission_kpoints(
     residual_tolerance: float = RESIDUAL_TOLERANCE,
     check: bool = True,
     progress: bool = False,
+    share_leads: bool = True,
+    lead_method: str = "decimation",
 ) -> KPointTransmission:
     """Landauer transmission per transverse cell, averaged over transverse k-points.
 
@@ -241,8 +243,9 @@ def transmission_kpoints(
             (:func:`time_reversal_reduce`). Default: when every ``H(R)`` and ``S(R)`` is
             real (by value for concrete input, by dtype when traced). True with complex
             images raises ``ValueError``.
-        chunk_size, devices, max_iterations, check, progress: as in
-            :func:`~hamjax.transport.transmission` (``progress`` shows a bar over k-points).
+        chunk_size, devices, max_iterations, check, progress, share_leads, lead_method: as
+            in :func:`~hamjax.transport.transmission` (``progress`` shows a bar over
+            k-points).
         residual_tolerance: warn (RuntimeWarning naming the k-point and energies) above
             this Dyson residual.
 
@@ -312,6 +315,8 @@ def transmission_kpoints(
         devices=devices,
         max_iterations=max_iterations,
         check=check,
+        share_leads=share_leads,
+        lead_method=lead_method,
     )
     if traced:
         return _traced(hamiltonians, overlaps, shifts, layers, energies, kpoints, weights, options)

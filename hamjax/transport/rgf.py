@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from hamjax.transport.bands import lead_arrays, lead_bands
 from hamjax.transport.layers import check_device, layer_offsets
-from hamjax.transport.surface import DEFAULT_MAX_ITERATIONS
+from hamjax.transport.surface import DEFAULT_MAX_ITERATIONS, resolve_lead_method
 from hamjax.transport.sweep import (
     DeviceBlocks,
     LeadBlocks,
@@ -232,6 +232,7 @@ def transmission(
     check: bool = True,
     progress: bool = False,
     share_leads: bool = True,
+    lead_method: str = "decimation",
 ) -> TransmissionResult:
     """Landauer transmission T(E) of a two-terminal device (NEGF, RGF on principal layers).
 
@@ -260,6 +261,14 @@ def transmission(
         share_leads: when both leads are the same bulk (equal blocks, checked on the values
             per call), take both self-energies from one decimation run per energy (half the
             lead cost; derivatives stay per lead). False: always one run per lead.
+        lead_method: how the leads' surface Green's functions are found:
+            ``"decimation"`` (Lopez-Sancho; its cost grows with ``log2(1/eta)``), ``"eigen"``
+            (the lead's Bloch modes from one 2b x 2b eigen-decomposition per energy, cost
+            independent of eta; needs ``jnp.linalg.eig`` on the devices' platform, else
+            ``ValueError``) or ``"auto"`` (:func:`hamjax.transport.surface.resolve_lead_method`:
+            eigenmodes on the CPU when eta is small enough that decimation needs more steps
+            than an eigen-decomposition costs, decimation elsewhere). Same T(E) to round-off
+            (``docs/benchmarks.md`` compares their cost); gradients are implicit either way.
         residual_tolerance: warn (RuntimeWarning, naming energies) above this Dyson residual.
         check: validate input (Hermitian, positive definite S, neighbour-only couplings,
             finite entries, shapes); raises ``ValueError`` naming layers or entries.
@@ -328,6 +337,10 @@ def transmission(
 
     devices = tuple(jax.local_devices() if devices is None else devices)
     n_devices = len(devices)
+    scale = None
+    if not (traced or is_traced(left.h01, right.h01)):
+        scale = max(float(jnp.max(jnp.abs(lead.h01))) for lead in (left, right))
+    lead_method = resolve_lead_method(lead_method, devices[0].platform, float(eta), scale)
     chunk = _auto_chunk(b, n_devices) if chunk_size is None else int(chunk_size)
     if chunk % n_devices:
         chunk = max(n_devices, math.ceil(chunk / n_devices) * n_devices)
@@ -342,7 +355,7 @@ def transmission(
     if traced:
         energies = jnp.asarray(energies, jnp.float64)
         padded = jnp.concatenate([energies, jnp.full(n_padded - n_energies, energies[-1])])
-        fn = chunk_function(max_iterations, devices, share_leads)
+        fn = chunk_function(max_iterations, devices, share_leads, lead_method)
         if n_chunks == 1:
             out = fn(blocks, left, right, padded, eta)
         else:
@@ -354,7 +367,7 @@ def transmission(
         return TransmissionResult(*(x[:n_energies] for x in out))
 
     padded = np.concatenate([energies, np.full(n_padded - n_energies, energies[-1])])
-    fn = compiled_chunk(max_iterations, devices, share_leads)
+    fn = compiled_chunk(max_iterations, devices, share_leads, lead_method)
     parts = []
     chunks = range(n_chunks)
     if progress and n_chunks > 1:

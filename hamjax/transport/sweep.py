@@ -91,25 +91,29 @@ def identical_leads(left: LeadBlocks, right: LeadBlocks) -> jax.Array:
     return jnp.all(jnp.stack(same))
 
 
-def _separate_green(left: LeadBlocks, right: LeadBlocks, z, max_iterations):
+def _separate_green(left: LeadBlocks, right: LeadBlocks, z, max_iterations, method):
     out = []
     for lead, side in ((left, "left"), (right, "right")):
-        out.append(surface_green(*_lead_matrices(lead, z, side), max_iterations))
+        out.append(surface_green(*_lead_matrices(lead, z, side), max_iterations, method))
     return tuple(out)
 
 
-def _shared_green(left: LeadBlocks, right: LeadBlocks, z, max_iterations):
+def _shared_green(left: LeadBlocks, right: LeadBlocks, z, max_iterations, method):
     blocks = (*_lead_matrices(left, z, "left"), *_lead_matrices(right, z, "right"))
-    return surface_green_pair(*blocks, max_iterations)
+    return surface_green_pair(*blocks, max_iterations, method)
 
 
-def _self_energies(left: LeadBlocks, right: LeadBlocks, energy, eta, max_iterations, shared):
+def _self_energies(
+    left: LeadBlocks, right: LeadBlocks, energy, eta, max_iterations, shared, method="decimation"
+):
     """Both leads' self-energies and Dyson residuals.
 
-    ``shared``: None for two decimations, else a boolean (traced or not) that the leads are
-    the same bulk (:func:`identical_leads`), in which case one decimation run gives both
-    surface Green's functions (:func:`hamjax.transport.surface.surface_green_pair`); the
-    choice is a :func:`jax.lax.cond`, so only the branch taken runs.
+    ``shared``: None for one solution per lead, else a boolean (traced or not) that the
+    leads are the same bulk (:func:`identical_leads`), in which case one decimation run or
+    one eigen-decomposition gives both surface Green's functions
+    (:func:`hamjax.transport.surface.surface_green_pair`); the choice is a
+    :func:`jax.lax.cond`, so only the branch taken runs. ``method``: "decimation" or "eigen"
+    (:mod:`hamjax.transport.surface`).
 
     Every LAPACK call here and in the sweep works on one matrix, never on a batch: XLA:CPU
     hands a batched LU or triangular solve to jaxlib's ``ParallelBatchMap``, which parks a
@@ -120,12 +124,12 @@ def _self_energies(left: LeadBlocks, right: LeadBlocks, energy, eta, max_iterati
     """
     z = energy + 1j * eta
     if shared is None:
-        greens = _separate_green(left, right, z, max_iterations)
+        greens = _separate_green(left, right, z, max_iterations, method)
     else:
         greens = lax.cond(
             shared,
-            lambda: _shared_green(left, right, z, max_iterations),
-            lambda: _separate_green(left, right, z, max_iterations),
+            lambda: _shared_green(left, right, z, max_iterations, method),
+            lambda: _separate_green(left, right, z, max_iterations, method),
         )
     out = []
     for lead, side, g in ((left, "left", greens[0]), (right, "right", greens[1])):
@@ -136,10 +140,12 @@ def _self_energies(left: LeadBlocks, right: LeadBlocks, energy, eta, max_iterati
     return sigma_l, sigma_r, res_l, res_r
 
 
-def _transmission_one(blocks: DeviceBlocks, left, right, energy, eta, max_iterations, shared):
+def _transmission_one(
+    blocks: DeviceBlocks, left, right, energy, eta, max_iterations, shared, method="decimation"
+):
     """T(E) and the two Dyson residuals at one energy (eV)."""
     sigma_l, sigma_r, res_l, res_r = _self_energies(
-        left, right, energy, eta, max_iterations, shared
+        left, right, energy, eta, max_iterations, shared, method
     )
     return sweep(blocks, sigma_l, sigma_r, energy), res_l, res_r
 
@@ -206,22 +212,31 @@ def map_energies(fn, energies, batched: bool):
     return jax.vmap(fn)(energies) if batched else lax.map(fn, energies)
 
 
-def chunk_function(max_iterations: int, devices: tuple, share_leads: bool = True):
+def chunk_function(
+    max_iterations: int,
+    devices: tuple,
+    share_leads: bool = True,
+    lead_method: str = "decimation",
+):
     """``chunk(blocks, left, right, energies, eta) -> (T, residual_left, residual_right)``,
     each ``[n_E]``, over one chunk of energies (eV): both leads' self-energies by
-    decimation (at most ``max_iterations`` steps), then :func:`sweep`. With ``share_leads``
-    one decimation per energy serves both leads when they are the same bulk
-    (:func:`identical_leads`, checked on the values at run time), else each lead has its
-    own. Over several ``devices`` the energies are sharded across them (``jax.shard_map``;
-    the chunk length must then be a multiple of their number). Traceable: :func:`jax.grad`
-    goes through it."""
+    decimation (at most ``max_iterations`` steps) or by their eigenmodes (``lead_method``
+    "decimation" or "eigen", resolved beforehand, see
+    :func:`hamjax.transport.surface.resolve_lead_method`), then :func:`sweep`. With
+    ``share_leads`` one decimation or eigen-decomposition per energy serves both leads when
+    they are the same bulk (:func:`identical_leads`, checked on the values at run time),
+    else each lead has its own. Over several ``devices`` the energies are sharded across
+    them (``jax.shard_map``; the chunk length must then be a multiple of their number).
+    Traceable: :func:`jax.grad` goes through it."""
+    if lead_method not in ("decimation", "eigen"):
+        raise ValueError(f"lead_method must be 'decimation' or 'eigen', got {lead_method!r}")
     batched = batched_energies(devices)
 
     def chunk(blocks, left, right, energies, eta):
         shared = identical_leads(left, right) if share_leads else None
         return map_energies(
             lambda energy: _transmission_one(
-                blocks, left, right, energy, eta, max_iterations, shared
+                blocks, left, right, energy, eta, max_iterations, shared, lead_method
             ),
             energies,
             batched,
@@ -240,10 +255,15 @@ def chunk_function(max_iterations: int, devices: tuple, share_leads: bool = True
 
 
 @functools.lru_cache(maxsize=32)
-def compiled_chunk(max_iterations: int, devices: tuple, share_leads: bool = True):
+def compiled_chunk(
+    max_iterations: int,
+    devices: tuple,
+    share_leads: bool = True,
+    lead_method: str = "decimation",
+):
     """:func:`chunk_function` under :func:`jax.jit`, cached per its arguments so that
     repeated calls of :func:`hamjax.transport.transmission` reuse the compilation."""
-    return jax.jit(chunk_function(max_iterations, devices, share_leads))
+    return jax.jit(chunk_function(max_iterations, devices, share_leads, lead_method))
 
 
 # ----------------------------------------------------------------------------- leads
