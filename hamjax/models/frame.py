@@ -345,13 +345,14 @@ class FrameTensorProduct(nn.Module):
             matrix = jnp.concatenate([m.reshape(m.shape[0], -1) for _, m in blocks], axis=1)
             x = in_frame[i_in]  # [n_edge, 2 l1 + 1, mul_in]
             y = (x.reshape(-1, x.shape[2]) @ matrix).reshape(x.shape[0], x.shape[1], -1)
-            start = 0
-            for group_index, m in blocks:
-                n, mul_out = m.shape[1], m.shape[2]
-                projected[group_index] = y[:, :, start : start + n * mul_out].reshape(
-                    x.shape[0], x.shape[1], n, mul_out
+            # A split, not slices: its transpose (in the backward pass) is one concatenation,
+            # where slices would each be padded to the whole array and summed.
+            widths = [m.shape[1] * m.shape[2] for _, m in blocks]
+            pieces = jnp.split(y, np.cumsum(widths)[:-1], axis=2)
+            for (group_index, m), piece in zip(blocks, pieces, strict=True):
+                projected[group_index] = piece.reshape(
+                    x.shape[0], x.shape[1], m.shape[1], m.shape[2]
                 )  # [n_edge, 2 l1 + 1, n, mul_out]
-                start += n * mul_out
         out = [None] * len(irreps_out)
         for group_index, (i_in, i_out, k, flip, coef) in enumerate(groups):
             if group_index not in projected:
