@@ -19,7 +19,15 @@ S) it measures, in one process and one run:
   RGF must beat; timed in rounds alternating with T(E), ``speedup_transmission`` is the
   median of the per-round ratios;
 - ``grad``: ``jax.grad`` of the Landauer current with respect to the device blocks, against
-  the cost of T(E) on the same energies.
+  the cost of T(E) on the same energies (with ``--sizes``: for both lead methods);
+- ``lead_methods`` (with ``--sizes``): T(E) with identical leads shared, their surface
+  Green's functions by decimation or by the lead's eigenmodes (``lead_method="eigen"``),
+  at eta = 1e-5 and 1e-9 eV, in rounds alternating both methods, the sweep alone and the
+  dense solve; medians of the per-round ratios (dense / T(E), lead share = 1 - sweep / T(E));
+- ``cpu_devices`` (with ``--cpu-devices N``, N > 1): the CPU split into N XLA host devices
+  (``--xla_force_host_platform_device_count``, set before JAX loads), the energies of a
+  chunk sharded over them (each device maps over its own energies, single-matrix LAPACK
+  calls only), against one device, alternating.
 
 Output: one JSON line per measurement with jax version, device, CPU load average, compile
 time (first call minus steady call) and steady-state time (best of ``--repeat``), all
@@ -35,6 +43,8 @@ machine three of four runs with one OpenBLAS thread hung in a futex wait inside 
 
     python benchmarks/bench_transport.py            # default: a few minutes
     python benchmarks/bench_transport.py --full     # N in {8, 32} x b in {64, ..., 512}
+    python benchmarks/bench_transport.py --sizes 16x128,32x128 --no-dense --openblas-threads 1
+    python benchmarks/bench_transport.py --sizes 16x64 --cpu-devices 2   # host devices
 """
 
 from __future__ import annotations
@@ -44,6 +54,11 @@ import sys
 
 if "--openblas-threads" in sys.argv[:-1]:  # must happen before NumPy / JAX load OpenBLAS
     os.environ["OPENBLAS_NUM_THREADS"] = sys.argv[sys.argv.index("--openblas-threads") + 1]
+if "--cpu-devices" in sys.argv[:-1]:  # XLA host devices: must be set before JAX loads
+    _n = int(sys.argv[sys.argv.index("--cpu-devices") + 1])
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={_n}"
+    ).strip()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -67,6 +82,7 @@ def emit(record: dict) -> None:
         device=str(jax.devices()[0]),
         load_average=round(os.getloadavg()[0], 2),
         openblas_threads=os.environ.get("OPENBLAS_NUM_THREADS"),
+        n_devices=len(jax.devices()),
     )
     print(json.dumps(record), flush=True)
 
@@ -233,6 +249,7 @@ def bench_size(n_blocks: int, b: int, n_energies: int, args) -> dict:
         )
     return {
         **out,
+        "sweep_call": (sweep_jit, (blocks, sig_l, sig_r, energies)),
         "blocks": blocks,
         "energies": energies,
         "left": left,
@@ -281,10 +298,12 @@ def bench_dense(n_blocks: int, b: int, state: dict, args) -> None:
     )
 
 
-def bench_grad(n_blocks: int, b: int, state: dict, args) -> None:
+def bench_grad(n_blocks: int, b: int, state: dict, args, lead_method="decimation") -> None:
     blocks, energies = state["blocks"], state["energies"]
     eta = jnp.asarray(ETA)
-    fn = sweep.chunk_function(DEFAULT_MAX_ITERATIONS, tuple(jax.local_devices()[:1]))
+    fn = sweep.chunk_function(
+        DEFAULT_MAX_ITERATIONS, tuple(jax.local_devices()[:1]), lead_method=lead_method
+    )
 
     def amps(h_diag, h_upper):
         hb = blocks._replace(
@@ -302,6 +321,8 @@ def bench_grad(n_blocks: int, b: int, state: dict, args) -> None:
     emit(
         {
             "what": "grad",
+            "lead_method": lead_method,
+            "eta": ETA,
             "n_blocks": n_blocks,
             "b": b,
             "n_energies": int(energies.shape[0]),
@@ -312,6 +333,105 @@ def bench_grad(n_blocks: int, b: int, state: dict, args) -> None:
             "grad_over_value": g_steady / f_steady,
         }
     )
+
+
+def median_ratio(xs, ys):
+    return float(np.median(np.asarray(xs) / np.asarray(ys)))
+
+
+def bench_lead_methods(n_blocks: int, b: int, state: dict, args) -> None:
+    """T(E) with shared leads by decimation and by eigenmodes at two eta, against the sweep
+    alone and the dense solve, in alternating rounds (seconds per energy)."""
+    import scipy.linalg
+
+    blocks, energies, left, right = (state[k] for k in ("blocks", "energies", "left", "right"))
+    n_energies = int(energies.shape[0])
+    one = tuple(jax.local_devices()[:1])
+    a = dense_matrix(blocks, 0.1, *state["sigma"])
+    rhs = np.zeros((n_blocks * b, b), complex)
+    rhs[:b, :b] = np.eye(b)
+    sweep_jit, sweep_args = state["sweep_call"]
+    calls = {}
+    for eta in (1e-5, 1e-9):
+        for method in ("decimation", "eigen"):
+            chunk = sweep.compiled_chunk(DEFAULT_MAX_ITERATIONS, one, True, method)
+            call_args = (blocks, left, right, energies, jnp.asarray(eta))
+            first, _ = timed(chunk, *call_args, repeat=0)
+            out = jax.device_get(chunk(*call_args))
+            # the same compiled chunk serves both eta (an argument): compile time once
+            calls[eta, method] = (chunk, call_args, first if eta == 1e-5 else None, out)
+    times = {key: [] for key in calls}
+    dense, sweeps = [], []
+    for _ in range(max(5, args.repeat)):  # this machine's load swings: more rounds
+        _, dense_s = timed(lambda: scipy.linalg.solve(a, rhs, check_finite=False), repeat=1)
+        dense.append(dense_s)
+        _, sweep_s = timed(sweep_jit, *sweep_args, repeat=1)
+        sweeps.append(sweep_s / n_energies)
+        for key, (chunk, call_args, _, _) in calls.items():
+            _, t_s = timed(chunk, *call_args, repeat=1)
+            times[key].append(t_s / n_energies)
+    for (eta, method), (_, _, first, out) in calls.items():
+        t = np.asarray(times[eta, method])
+        reference = calls[eta, "decimation"][3][0]
+        emit(
+            {
+                "what": "lead_methods",
+                "n_blocks": n_blocks,
+                "b": b,
+                "n_energies": n_energies,
+                "eta": eta,
+                "lead_method": method,
+                "share_leads": True,
+                "compile_s": None if first is None else first - float(np.min(t)) * n_energies,
+                "t_s_per_energy_median": float(np.median(t)),
+                "t_s_per_energy_best": float(np.min(t)),
+                "t_s_per_energy_rounds": t.tolist(),
+                "sweep_s_per_energy_median": float(np.median(sweeps)),
+                "sweep_s_per_energy_best": float(np.min(sweeps)),
+                "dense_s_median": float(np.median(dense)),
+                "dense_s_best": float(np.min(dense)),
+                "speedup_vs_dense": median_ratio(dense, t),
+                "lead_share": float(np.median(1 - np.asarray(sweeps) / t)),
+                "max_residual": float(max(np.max(out[1]), np.max(out[2]))),
+                "max_abs_t_minus_decimation": float(np.max(np.abs(out[0] - reference))),
+            }
+        )
+
+
+def bench_cpu_devices(n_blocks: int, b: int, state: dict, args) -> None:
+    """T(E) per energy with the energies sharded over all host devices against one."""
+    blocks, energies, left, right = (state[k] for k in ("blocks", "energies", "left", "right"))
+    devices = tuple(jax.local_devices())
+    n_energies = -(-int(energies.shape[0]) // len(devices)) * len(devices)
+    energies = jnp.linspace(float(energies[0]), float(energies[-1]), n_energies)
+    for method in ("decimation", "eigen"):
+        call_args = (blocks, left, right, energies, jnp.asarray(ETA))
+        single = sweep.compiled_chunk(DEFAULT_MAX_ITERATIONS, devices[:1], True, method)
+        split = sweep.compiled_chunk(DEFAULT_MAX_ITERATIONS, devices, True, method)
+        timed(single, *call_args, repeat=0)
+        timed(split, *call_args, repeat=0)
+        t_single = np.asarray(jax.device_get(single(*call_args))[0])
+        t_split = np.asarray(jax.device_get(split(*call_args))[0])
+        ones, many = [], []
+        for _ in range(max(5, args.repeat)):
+            ones.append(timed(single, *call_args, repeat=1)[1] / n_energies)
+            many.append(timed(split, *call_args, repeat=1)[1] / n_energies)
+        emit(
+            {
+                "what": "cpu_devices",
+                "n_blocks": n_blocks,
+                "b": b,
+                "n_energies": n_energies,
+                "lead_method": method,
+                "eta": ETA,
+                "n_cpu_devices": len(devices),
+                "one_device_s_per_energy_median": float(np.median(ones)),
+                "split_s_per_energy_median": float(np.median(many)),
+                "speedup": median_ratio(ones, many),
+                "speedup_rounds": (np.asarray(ones) / np.asarray(many)).tolist(),
+                "max_abs_t_difference": float(np.max(np.abs(t_single - t_split))),
+            }
+        )
 
 
 def main(argv=None) -> int:
@@ -325,6 +445,13 @@ def main(argv=None) -> int:
     )
     parser.add_argument(
         "--openblas-threads", type=int, help="OPENBLAS_NUM_THREADS for LAPACK (see above)"
+    )
+    parser.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=1,
+        help="split the CPU into this many XLA host devices and time energies sharded over "
+        "them against one device (see above)",
     )
     args = parser.parse_args(argv)
     if args.full:
@@ -340,8 +467,14 @@ def main(argv=None) -> int:
         state = bench_size(n_blocks, b, energies_for.get(b, 1), args)
         if (n_blocks, b) in dense_for and not args.no_dense:
             bench_dense(n_blocks, b, state, args)
+        if args.sizes:
+            bench_lead_methods(n_blocks, b, state, args)
+        if args.cpu_devices > 1:
+            bench_cpu_devices(n_blocks, b, state, args)
         if (n_blocks, b) in grad_for:
             bench_grad(n_blocks, b, state, args)
+            if args.sizes:
+                bench_grad(n_blocks, b, state, args, lead_method="eigen")
     return 0
 
 

@@ -234,6 +234,8 @@ def test_method_choice():
     with pytest.raises(ValueError, match="eigen"):
         resolve_lead_method("eigen", "tpu")
     assert resolve_lead_method("auto", "tpu", 1e-9) == "decimation"
+    assert resolve_lead_method("auto", "cpu", 1e-9, scale=1.0) == "eigen"
+    assert resolve_lead_method("auto", "cpu", 1e-5, scale=1.0) == "decimation"
     with pytest.raises(ValueError, match="lead_method"):
         resolve_lead_method("qz", "cpu")
 

@@ -315,10 +315,10 @@ def eigen_supported(platform: str) -> bool:
     return True
 
 
-# Decimation steps one eigen-decomposition of the 2b x 2b pencil is worth on the CPU: a
-# 256 x 256 complex eig took about the time of 25 decimation steps at b = 128
-# (docs/benchmarks.md, "Identical leads").
-_EIGEN_STEPS_CPU = 25
+# Decimation steps one eigen-decomposition of the 2b x 2b pencil is worth on the CPU: with
+# one OpenBLAS thread a complex eig took 0.10 s at 2b = 256 and 25 ms at 128, the time of
+# 25-28 decimation steps at b = 128 and 64 (docs/benchmarks.md, "Identical leads").
+_EIGEN_STEPS_CPU = 28
 
 
 def resolve_lead_method(method: str, platform: str, eta: float | None = None, scale=None) -> str:
@@ -326,9 +326,11 @@ def resolve_lead_method(method: str, platform: str, eta: float | None = None, sc
 
     ``"eigen"`` on a platform without an eigensolver (:func:`eigen_supported`) raises
     ``ValueError``. ``"auto"`` takes the eigenmodes where decimation would need more steps
-    than an eigen-decomposition is worth (about ``log2(scale / eta)`` steps for couplings of
-    size ``scale`` eV, against :data:`_EIGEN_STEPS_CPU` on the CPU; on accelerators
-    decimation, whose batched LU and products keep them busy), else decimation.
+    than an eigen-decomposition is worth (decimation stops once ``|lambda|^(2^k) < 1e-8``
+    for the slowest mode, ``|lambda| ~ 1 - eta / scale``: about ``log2(scale / eta) + 4``
+    steps for couplings of ``scale`` eV, against :data:`_EIGEN_STEPS_CPU` on the CPU, so
+    eigenmodes below about ``5e-8 * scale``; on accelerators decimation, whose batched LU
+    and products keep them busy), else decimation.
     """
     if method not in LEAD_METHODS:
         raise ValueError(f"lead_method must be one of {LEAD_METHODS}, got {method!r}")
@@ -342,7 +344,7 @@ def resolve_lead_method(method: str, platform: str, eta: float | None = None, sc
     if method == "decimation" or platform != "cpu" or eta is None:
         return "decimation"
     scale = 1.0 if scale is None else max(float(scale), 1e-300)
-    steps = np.log2(max(scale / float(eta), 2.0)) + 3
+    steps = np.log2(max(scale / float(eta), 2.0)) + 4
     return "eigen" if steps > _EIGEN_STEPS_CPU else "decimation"
 
 
