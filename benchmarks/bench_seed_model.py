@@ -65,7 +65,7 @@ The reference environment (its own virtual environment, never a hamjax dependenc
         --paper-python /work/seedenv/bin/python --out benchmarks/results/seed_model_cpu.jsonl
 
 Without ``--paper-repo``/``--paper-python`` only hamjax runs, and the ratios are taken
-against the reference figures recorded in issue 21 (measured with the reference code on this
+against recorded figures of the reference code (measured with the reference code on this
 kind of machine, two threads), which the JSON lines say (``"paper_source"``).
 """
 
@@ -84,9 +84,9 @@ import tempfile
 import time
 from pathlib import Path
 
-# Figures of the reference code recorded in issue 21 (two CPU threads, this kind of machine).
-ISSUE_FIGURES = {
-    "source": "issue 21 (reference code, PyTorch, two CPU threads, its own model)",
+# Recorded figures of the reference code (two CPU threads, this kind of machine).
+RECORDED_FIGURES = {
+    "source": "recorded figures (reference code, PyTorch, two CPU threads, its own model)",
     "parameters": 273_580,
     "forward": {
         324: {"edges": 63_940, "forward_seconds": 4.70, "peak_rss_mib": 3.09 * 1024},
@@ -643,7 +643,7 @@ def main(argv=None) -> int:
         "cpus": os.cpu_count(),
         "threads": args.threads,
         "structure": f"fluorite HfO2 a={LATTICE} A, rattle {args.rattle} A seed {args.seed}",
-        "paper_source": "measured in this run" if with_paper else ISSUE_FIGURES["source"],
+        "paper_source": "measured in this run" if with_paper else RECORDED_FIGURES["source"],
     }
     paper_commit = _git_commit(args.paper_repo) if with_paper else None
     if with_paper:
@@ -706,7 +706,7 @@ def main(argv=None) -> int:
             paper, ours = run_pair(base, "forward")
             reference = paper
             if not with_paper:
-                reference = ISSUE_FIGURES["forward"].get(len(atoms))
+                reference = RECORDED_FIGURES["forward"].get(len(atoms))
             for name, record in ours.items():
                 if not reference or "error" in record or "error" in reference:
                     continue
@@ -730,7 +730,7 @@ def main(argv=None) -> int:
             paper, ours = run_pair(base, "train_step")
             reference = paper
             if not with_paper:
-                reference = ISSUE_FIGURES["train_step"]
+                reference = RECORDED_FIGURES["train_step"]
             for name, record in ours.items():
                 if not reference or "error" in record or "error" in reference:
                     continue
@@ -748,7 +748,7 @@ def main(argv=None) -> int:
 
 
 def _ratios(what: str, n_atoms: int, config: str, paper: dict, ours: dict) -> dict:
-    """Reference / hamjax for time and peak memory, with the issue's targets."""
+    """Reference / hamjax for time and peak memory, with the targets (5x, 3x; training 3x)."""
     record = {"what": f"{what}_ratio", "atoms": n_atoms, "hamjax_config": config}
     if what == "forward":
         speed = paper["forward_seconds"] / ours["forward_seconds"]
@@ -781,7 +781,7 @@ def _ratios(what: str, n_atoms: int, config: str, paper: dict, ours: dict) -> di
             hamjax_peak_rss_mib=ours["peak_rss_mib"],
             meets_train_target=speed >= TARGETS["train_speedup"],
         )
-    record["paper_parameters"] = paper.get("parameters", ISSUE_FIGURES["parameters"])
+    record["paper_parameters"] = paper.get("parameters", RECORDED_FIGURES["parameters"])
     record["hamjax_parameters"] = ours["parameters"]
     record["targets"] = TARGETS
     return record
