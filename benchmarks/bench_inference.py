@@ -17,11 +17,12 @@ the device. Runs unchanged on CPU or GPU (``--device cpu|gpu``)::
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import sys
 import time
+
+from json_lines import emitter
 
 
 def parse_args(argv=None):
@@ -103,14 +104,8 @@ def main(argv=None) -> int:
         "platform": device.platform,
         "model": {k: v for k, v in model_config.to_dict().items() if k != "basis"},
     }
-    out = open(args.out, "a") if args.out else None
 
-    def emit(record):
-        line = json.dumps({**common, **record})
-        print(line, flush=True)
-        if out:
-            out.write(line + "\n")
-            out.flush()
+    emit = emitter(common, args.out)
 
     start = time.perf_counter()
     full = build_device(paper_spec(oxide="crystalline", seed=0))
@@ -218,8 +213,6 @@ def main(argv=None) -> int:
                     **peak_memory_mib(device),
                 }
             )
-    if out:
-        out.close()
     return 0
 
 

@@ -36,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from json_lines import emitter
+
 ATOMS_PER_CELL = {"paper": 153.3, "short": 54.1}  # atoms per transverse TiN cell (6x6, 5x5)
 
 
@@ -336,7 +338,6 @@ def main(argv=None) -> int:
     _SETTINGS["tiny"] = args.tiny_model
     from hamjax.structures import build_device
 
-    out = open(args.out, "a") if args.out else None  # noqa: SIM115
     common = {
         "jax": jax.__version__,
         "cpus": os.cpu_count(),
@@ -345,12 +346,7 @@ def main(argv=None) -> int:
         "parameters": "random, HamiltonianModel.init(jax.random.key(0)), float32",
     }
 
-    def emit(record):
-        line = json.dumps({**common, **record})
-        print(line, flush=True)
-        if out:
-            out.write(line + "\n")
-            out.flush()
+    emit = emitter(common, args.out)
 
     start = time.perf_counter()
     spec = device_spec(args.atoms, args.shape)

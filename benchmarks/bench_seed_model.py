@@ -84,6 +84,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from json_lines import emitter
+
 # Recorded figures of the reference code (two CPU threads, this kind of machine).
 RECORDED_FIGURES = {
     "source": "recorded figures (reference code, PyTorch, two CPU threads, its own model)",
@@ -648,14 +650,8 @@ def main(argv=None) -> int:
     paper_commit = _git_commit(args.paper_repo) if with_paper else None
     if with_paper:
         common["paper_commit"] = paper_commit
-    out = open(args.out, "a") if args.out else None  # noqa: SIM115
 
-    def emit(record):
-        line = json.dumps({**common, **record})
-        print(line, flush=True)
-        if out:
-            out.write(line + "\n")
-            out.flush()
+    emit = emitter(common, args.out)
 
     tmpdir = tempfile.mkdtemp(prefix="bench_seed_")
     order = 0
@@ -741,8 +737,6 @@ def main(argv=None) -> int:
                     )
                 emit(ratio)
     finally:
-        if out:
-            out.close()
         shutil.rmtree(tmpdir, ignore_errors=True)
     return 0
 
