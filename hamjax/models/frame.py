@@ -279,7 +279,7 @@ class FrameTensorProduct(nn.Module):
             )
         else:
             accumulated = self._scale_then_mix(
-                in_frame, groups, theta, row, mix, path_weights, first_path, x.irreps, irreps_out
+                in_frame, groups, theta, mix, path_weights, first_path, x.irreps, irreps_out
             )
         chunks = [
             None if out is None else frames.from_frame(jnp.swapaxes(out, 1, 2), ir3.l)
@@ -288,7 +288,7 @@ class FrameTensorProduct(nn.Module):
         return e3nn.from_chunks(irreps_out, chunks, (n_edge,), self.dtype)
 
     def _scale_then_mix(
-        self, in_frame, groups, theta, row, mix, path_weights, first_path, irreps_in, irreps_out
+        self, in_frame, groups, theta, mix, path_weights, first_path, irreps_in, irreps_out
     ):
         """Per-edge path weights on the ``mul_in`` input channels, then one channel mixing per
         output: ``sum_c w_o[c, d] sum_p a_ep coef_pm theta_pc x_emc`` (cheaper when the outputs
